@@ -1,0 +1,355 @@
+//! The job message, version 1 (DESIGN.md, "The job message"; docs/protocol.md).
+//!
+//! A job is JSON. Unknown fields are ignored so that newer producers can talk to older workers; a
+//! missing required field, a field of the wrong type, another message `type` or an unsafe output name is
+//! a [`JobError`], which workers treat as a permanent failure.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::names::JOB_TYPE;
+
+/// Largest job body accepted; a real job is well under 2 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest output name accepted, in bytes (file systems allow 255 per component; room is left for the
+/// title suffix, the extension and the sidecar's suffix).
+pub const MAX_OUTPUT_NAME_BYTES: usize = 180;
+
+/// One unit of work: transcode the chosen titles of one disc image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id; also the AMQP `message_id`. Stays the same across retries and redeliveries.
+    pub id: Uuid,
+    /// When the producer created the job.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The disc image to read.
+    pub source: Source,
+    /// How to encode it.
+    #[serde(default)]
+    pub encode: Encode,
+    /// Where the result goes, relative to the worker's output directory.
+    pub output: Output,
+    /// Where the job came from (for logs and dead letters).
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// The disc image a job reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// Absolute path on the producer's host; workers translate it with `path-map`.
+    pub path: PathBuf,
+    /// What kind of disc the image holds.
+    pub media: Media,
+    /// Size of the image in bytes, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// SHA-256 of the image (lower-case hex), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Volume label read from the image, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Kinds of disc; each has its own routing key `rafty.rip.iso.<media>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Media {
+    /// DVD-Video (a `VIDEO_TS` directory).
+    Dvd,
+    /// Blu-ray (a `BDMV` directory).
+    Bluray,
+    /// Anything else; no worker queue is bound to it by default.
+    Data,
+}
+
+impl Media {
+    /// The name used in routing keys and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Media::Dvd => "dvd",
+            Media::Bluray => "bluray",
+            Media::Data => "data",
+        }
+    }
+}
+
+impl std::str::FromStr for Media {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dvd" => Ok(Media::Dvd),
+            "bluray" => Ok(Media::Bluray),
+            "data" => Ok(Media::Data),
+            other => Err(format!("unknown media {other:?}: expected dvd, bluray or data")),
+        }
+    }
+}
+
+/// Encoding choices carried by the job.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Encode {
+    /// Preset name; the worker resolves it (a HandBrake built-in or one of its preset files). Absent: the
+    /// worker's `[transcode] preset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// Which titles of the disc to encode.
+    #[serde(default)]
+    pub titles: TitleSelection,
+}
+
+/// Which titles of a disc a job encodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TitleSelection {
+    /// The main feature: HandBrake's pick, or the longest title when the disc names none.
+    #[default]
+    MainFeature,
+    /// These title numbers (1-based, as HandBrake numbers them).
+    List(Vec<u32>),
+    /// Every title at least this long.
+    MinDuration {
+        /// Shortest title kept, in seconds.
+        secs: u64,
+    },
+}
+
+impl Serialize for TitleSelection {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            TitleSelection::MainFeature => s.serialize_str("main-feature"),
+            TitleSelection::List(list) => list.serialize(s),
+            TitleSelection::MinDuration { secs } => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("min-duration-secs", secs)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TitleSelection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        match &value {
+            serde_json::Value::String(s) if s == "main-feature" => Ok(TitleSelection::MainFeature),
+            serde_json::Value::Array(items) => {
+                if items.is_empty() {
+                    return Err(D::Error::custom("titles: the list of title numbers is empty"));
+                }
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_u64() {
+                        Some(n) if (1..=999).contains(&n) => list.push(n as u32),
+                        _ => {
+                            return Err(D::Error::custom(format!(
+                                "titles: {item} is not a title number (1 to 999)"
+                            )));
+                        }
+                    }
+                }
+                Ok(TitleSelection::List(list))
+            }
+            serde_json::Value::Object(map) => match map.get("min-duration-secs").and_then(|v| v.as_u64()) {
+                Some(secs) if map.len() == 1 => Ok(TitleSelection::MinDuration { secs }),
+                _ => Err(D::Error::custom(
+                    "titles: an object must be {\"min-duration-secs\": N} with N a whole number of seconds",
+                )),
+            },
+            other => Err(D::Error::custom(format!(
+                "titles: expected \"main-feature\", a list of title numbers or {{\"min-duration-secs\": N}}, got {other}"
+            ))),
+        }
+    }
+}
+
+/// Where a job's result goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// Base name of the output, relative to the worker's output directory: no `/`, no `..`.
+    pub name: String,
+}
+
+/// The producer of a job.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Origin {
+    /// Host name of the producer.
+    #[serde(default)]
+    pub host: String,
+    /// Drive the disc was read from, if any (`/dev/sr0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Why a message is not a job this worker can do. Always a permanent failure.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    /// The message `type` property names something else.
+    #[error("message type is {0:?}, expected {JOB_TYPE:?}")]
+    WrongType(String),
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    #[error("job body is {0} bytes, more than the {MAX_BODY_BYTES} accepted")]
+    TooLarge(usize),
+    /// The body is not JSON, or not a job: the message names the field.
+    #[error("job body is not a valid {JOB_TYPE} job: {0}")]
+    Invalid(String),
+    /// The output name could escape the output directory or is otherwise unusable.
+    #[error("output name {name:?} is unusable: {reason}")]
+    BadOutputName {
+        /// The name as received.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The source path is not absolute or contains a NUL.
+    #[error("source path {0:?} must be an absolute path")]
+    BadSourcePath(PathBuf),
+}
+
+impl Job {
+    /// A new job for an image, with a fresh id and the current time.
+    pub fn new(source: Source, output_name: String, origin: Origin) -> Job {
+        Job {
+            id: Uuid::new_v4(),
+            created_at: OffsetDateTime::now_utc(),
+            source,
+            encode: Encode::default(),
+            output: Output { name: output_name },
+            origin,
+        }
+    }
+
+    /// Decode and validate a job from a delivery's `type` property and body.
+    ///
+    /// A message without a `type` is accepted when its body is a valid job; another `type` is not.
+    pub fn decode(kind: Option<&str>, body: &[u8]) -> Result<Job, JobError> {
+        if let Some(kind) = kind
+            && kind != JOB_TYPE
+        {
+            return Err(JobError::WrongType(kind.to_owned()));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(JobError::TooLarge(body.len()));
+        }
+        let job: Job = serde_json::from_slice(body).map_err(|e| JobError::Invalid(e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Encode the job as its JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a job always serializes")
+    }
+
+    /// Check what serde cannot: the output name is one safe path component, the source path absolute.
+    pub fn validate(&self) -> Result<(), JobError> {
+        validate_output_name(&self.output.name)?;
+        let path = &self.source.path;
+        if !path.is_absolute() || path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(JobError::BadSourcePath(path.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Check that an output name is a single, visible, reasonably short path component.
+pub fn validate_output_name(name: &str) -> Result<(), JobError> {
+    let bad = |reason| {
+        Err(JobError::BadOutputName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.trim().is_empty() {
+        return bad("it is empty");
+    }
+    if name.contains('/') || name.contains('\\') {
+        return bad("it contains a path separator; give a plain file name");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return bad("it contains \"..\"");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with '.', which Rafty keeps for its temporary files");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("it contains control characters");
+    }
+    if name.len() > MAX_OUTPUT_NAME_BYTES {
+        return bad("it is longer than 180 bytes");
+    }
+    if Path::new(name).components().count() != 1
+        || !matches!(Path::new(name).components().next(), Some(Component::Normal(_)))
+    {
+        return bad("it is not a single file name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(output: &str) -> String {
+        format!(
+            r#"{{"id":"0d6f7a3e-8f25-4f4e-9a53-1f4e4a0b7c11","created_at":"2026-11-23T10:00:00Z",
+            "source":{{"path":"/srv/iso/Feature Disc.iso","media":"dvd","size":7,"label":"FEATURE"}},
+            "encode":{{"preset":"Very Fast 480p30","titles":"main-feature"}},
+            "output":{{"name":"{output}"}},"origin":{{"host":"ripper"}},"future-field":[1,2]}}"#
+        )
+    }
+
+    #[test]
+    fn decodes_a_valid_job_and_ignores_unknown_fields() {
+        let job = Job::decode(Some(JOB_TYPE), body("Feature Disc").as_bytes()).unwrap();
+        assert_eq!(job.output.name, "Feature Disc");
+        assert_eq!(job.source.media, Media::Dvd);
+        assert_eq!(job.encode.titles, TitleSelection::MainFeature);
+        let again = Job::decode(None, &job.to_json()).unwrap();
+        assert_eq!(again, job);
+    }
+
+    #[test]
+    fn title_selections_round_trip() {
+        for (json, want) in [
+            (r#""main-feature""#, TitleSelection::MainFeature),
+            ("[1,3]", TitleSelection::List(vec![1, 3])),
+            (r#"{"min-duration-secs":600}"#, TitleSelection::MinDuration { secs: 600 }),
+        ] {
+            let got: TitleSelection = serde_json::from_str(json).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(serde_json::to_string(&got).unwrap(), json);
+        }
+        for bad in ["[]", "[0]", "[-1]", "[4294967296]", r#""all""#, r#"{"x":1}"#, "7"] {
+            assert!(serde_json::from_str::<TitleSelection>(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_jobs_with_a_reason() {
+        let cases: Vec<(Option<&str>, Vec<u8>, &str)> = vec![
+            (Some("rafty.job.v2"), body("x").into_bytes(), "message type"),
+            (None, b"not json".to_vec(), "not a valid"),
+            (None, br#"{"id":"0d6f7a3e-8f25-4f4e-9a53-1f4e4a0b7c11"}"#.to_vec(), "missing field"),
+            (None, body("../escape").into_bytes(), "output name"),
+            (None, body("a/b").into_bytes(), "path separator"),
+            (None, body(".hidden").into_bytes(), "starts with '.'"),
+            (None, vec![b' '; MAX_BODY_BYTES + 1], "bytes"),
+        ];
+        for (kind, body, want) in cases {
+            let err = Job::decode(kind, &body).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} does not mention {want:?}");
+        }
+        let relative = body("x").replace("/srv/iso/Feature Disc.iso", "relative.iso");
+        assert!(matches!(
+            Job::decode(None, relative.as_bytes()),
+            Err(JobError::BadSourcePath(_))
+        ));
+    }
+}
