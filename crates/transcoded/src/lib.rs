@@ -1,1 +1,87 @@
-//! placeholder
+//! `transcoded`, Rafty's transcode worker.
+//!
+//! It consumes `rafty.transcode` as one of any number of competing consumers (prefetch 1), runs
+//! HandBrakeCLI on each job's disc image, verifies the result, puts it in place with a sidecar manifest,
+//! announces `rafty.transcode.done`, and only then acks. Failures go to the retry ladder or the
+//! dead-letter queue as [`rafty_core::classify`] decides (see `rafty_queue::settle`).
+//!
+//! [`run`] is the whole worker; `main.rs` only parses flags, sets up logging and maps signals
+//! ([`signals::shutdown_on_signals`]) so tests can run the same worker in-process.
+
+pub mod output;
+pub mod signals;
+pub mod transcoder;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rafty_core::config::Loaded;
+use rafty_handbrake::HandBrake;
+use rafty_queue::{Shutdown, Stats, Topology, WorkerOptions, mask_url, run_worker};
+use tracing::{info, warn};
+
+pub use transcoder::Transcoder;
+
+/// Options given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit after this many deliveries are settled.
+    pub max_jobs: Option<u64>,
+}
+
+/// Errors that mean the worker cannot run at all, with the exit code systemd should see.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable (exit 78, EX_CONFIG: systemd should not restart in a loop).
+    #[error("{0}")]
+    Config(String),
+    /// A required program is missing (exit 69, EX_UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Run the worker until `shutdown` drains it or `--max-jobs` is reached.
+pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> anyhow::Result<Stats> {
+    let config = &loaded.config;
+    let url = loaded.amqp_url().map_err(|e| StartError::Config(e.to_string()))?;
+    let t = &config.transcode;
+    let handbrake = HandBrake::new(
+        t.handbrake.clone(),
+        t.preset_files.clone(),
+        Some(t.scratch_dir.clone()),
+        t.min_title_secs,
+    );
+    let version = handbrake
+        .version()
+        .await
+        .map_err(|e| StartError::Unavailable(e.to_string()))?;
+    for dir in [&t.scratch_dir, &t.output_dir] {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            warn!(dir = %dir.display(), error = %e, "cannot create directory; jobs will be retried until it can be written");
+        }
+    }
+    let host = loaded.host();
+    info!(
+        config = %loaded.source_name(),
+        broker = %mask_url(&url),
+        handbrake = %version,
+        host = %host,
+        output_dir = %t.output_dir.display(),
+        "transcoded starting"
+    );
+    let transcoder = Transcoder::new(&loaded, handbrake, version, shutdown.clone());
+    let options = WorkerOptions {
+        url,
+        app_id: "transcoded".to_owned(),
+        host,
+        topology: Topology::from_config(t),
+        confirm_timeout: config.broker.confirm_timeout,
+        max_jobs: options.max_jobs,
+        reconnect_max: Duration::from_secs(30),
+    };
+    let stats = run_worker(&options, &transcoder, &shutdown)
+        .await
+        .context("the worker loop failed")?;
+    info!(?stats, "transcoded stopped");
+    Ok(stats)
+}

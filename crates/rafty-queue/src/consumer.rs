@@ -1,0 +1,410 @@
+//! The worker loop: consume the work queue one job at a time and settle every delivery.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
+use rafty_core::names::{
+    DEAD_EXCHANGE, HEADER_ATTEMPT, HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_FAILED_AT, HEADER_HOST,
+    HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, WORK_QUEUE,
+};
+use rafty_core::{Class, Failure, Job, JobError, classify};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::publisher::{header_int, header_str, set_header};
+use crate::{Error, Publisher, Topology, connect, declare, mask_url};
+
+/// Shutdown requests, mapped from signals by the binary: `drain` stops taking jobs and lets the current
+/// one finish; `abort` stops the current one too (its delivery goes back to the queue).
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Stop taking new jobs; finish the current one.
+    pub drain: CancellationToken,
+    /// Stop the current job now.
+    pub abort: CancellationToken,
+}
+
+impl Shutdown {
+    /// A shutdown that nothing has requested yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// How the worker loop runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Broker URL.
+    pub url: String,
+    /// `app_id` stamped on what this worker publishes.
+    pub app_id: String,
+    /// Host name reported in events and dead letters.
+    pub host: String,
+    /// Retry ladder and delivery limit.
+    pub topology: Topology,
+    /// Publisher confirm timeout.
+    pub confirm_timeout: Duration,
+    /// Exit after this many deliveries are settled.
+    pub max_jobs: Option<u64>,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+/// One delivery from the work queue.
+pub struct Incoming {
+    /// The decoded job, or why it is not one.
+    pub job: Result<Job, JobError>,
+    /// How many times the job was tried before (`x-rafty-attempt`).
+    pub attempt: u32,
+    /// The routing key the job was first published with.
+    pub routing_key: String,
+    /// Whether the broker delivered this before (a worker died or gave it back).
+    pub redelivered: bool,
+    /// The AMQP `message_id`.
+    pub message_id: Option<String>,
+    delivery: Delivery,
+}
+
+impl Incoming {
+    /// The job id, or the message id when the body is not a job.
+    pub fn id(&self) -> String {
+        match &self.job {
+            Ok(job) => job.id.to_string(),
+            Err(_) => self.message_id.clone().unwrap_or_else(|| "-".to_owned()),
+        }
+    }
+
+    fn from_delivery(delivery: Delivery) -> Incoming {
+        let headers = delivery.properties.headers().as_ref();
+        let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+        let job = Job::decode(kind, &delivery.data);
+        let attempt = header_int(headers, HEADER_ATTEMPT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let routing_key = header_str(headers, HEADER_ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+        Incoming {
+            job,
+            attempt,
+            routing_key,
+            redelivered: delivery.redelivered,
+            message_id: delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned()),
+            delivery,
+        }
+    }
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job's outputs are in place; `event` is the body of the `done` event.
+    Done(serde_json::Value),
+    /// The job failed; [`classify`] decides what happens next.
+    Failed(Failure),
+}
+
+/// The work done for each delivery. The worker binary plugs HandBrake in here; benchmarks plug in
+/// something trivial, so the loop they measure is the product's.
+#[allow(async_fn_in_trait)]
+pub trait Processor {
+    /// Do the job. `events` may be used to announce progress.
+    async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome;
+}
+
+/// What the loop did, for `--max-jobs` and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Deliveries settled in any way.
+    pub settled: u64,
+    /// Jobs done.
+    pub done: u64,
+    /// Jobs copied to a retry rung.
+    pub retried: u64,
+    /// Jobs parked in the dead-letter queue.
+    pub dead: u64,
+    /// Deliveries handed back to the queue.
+    pub requeued: u64,
+}
+
+/// How a delivery was settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Acked after the `done` event was confirmed.
+    Done,
+    /// Copied to this retry queue (confirmed), then acked.
+    Retried(String),
+    /// Copied to the dead-letter exchange (confirmed), then acked.
+    Dead,
+    /// Nacked with requeue.
+    Requeued,
+}
+
+/// Map an outcome to what the broker must do, and do it. Every copy (retry rung, dead letter, `done`
+/// event) is confirmed before the original delivery is acked, so a crash in between duplicates a job
+/// but never loses one.
+pub async fn settle(
+    outcome: Outcome,
+    incoming: &Incoming,
+    publisher: &Publisher,
+    topology: &Topology,
+    host: &str,
+) -> Result<Settled, Error> {
+    let settled = match outcome {
+        Outcome::Done(event) => {
+            publisher.publish_event("done", &event).await?;
+            ack(incoming).await?;
+            Settled::Done
+        }
+        Outcome::Failed(failure) => {
+            let class = classify(&failure);
+            let settled = match class {
+                Class::Requeue => {
+                    let ok = incoming
+                        .delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
+                        .map_err(|source| Error::Amqp {
+                            what: "handing the job back (nack)",
+                            source,
+                        })?;
+                    if !ok {
+                        return Err(lost());
+                    }
+                    Settled::Requeued
+                }
+                Class::Retryable if topology.retry_queue_for(incoming.attempt).is_some() => {
+                    let queue = topology.retry_queue_for(incoming.attempt).expect("checked");
+                    let props = copy_properties(incoming, incoming.attempt + 1, &[]);
+                    publisher.publish("", &queue, &incoming.delivery.data, props, true).await?;
+                    ack(incoming).await?;
+                    Settled::Retried(queue)
+                }
+                Class::Retryable | Class::Permanent => {
+                    let reason = if class == Class::Retryable {
+                        format!(
+                            "{failure} (gave up after {} attempts; the retry ladder has {} rungs)",
+                            incoming.attempt + 1,
+                            topology.retry_delays.len()
+                        )
+                    } else {
+                        failure.to_string()
+                    };
+                    let now = OffsetDateTime::now_utc().format(&Rfc3339).expect("formats");
+                    let props = copy_properties(
+                        incoming,
+                        incoming.attempt,
+                        &[
+                            (HEADER_ERROR_CLASS, class.as_str()),
+                            (HEADER_ERROR, &reason),
+                            (HEADER_HOST, host),
+                            (HEADER_FAILED_AT, &now),
+                        ],
+                    );
+                    publisher
+                        .publish(DEAD_EXCHANGE, "", &incoming.delivery.data, props, true)
+                        .await?;
+                    ack(incoming).await?;
+                    Settled::Dead
+                }
+            };
+            let event = json!({
+                "id": incoming.id(),
+                "host": host,
+                "attempt": incoming.attempt,
+                "error-kind": failure.kind(),
+                "error-class": class.as_str(),
+                "error": failure.to_string(),
+                "next": match &settled {
+                    Settled::Retried(q) => q.as_str(),
+                    Settled::Dead => "dead-letter",
+                    _ => "requeued",
+                },
+            });
+            if let Err(e) = publisher.publish_event("failed", &event).await {
+                warn!(error = %e, "could not announce the failure; the job itself is settled");
+            }
+            settled
+        }
+    };
+    Ok(settled)
+}
+
+fn lost() -> Error {
+    Error::Amqp {
+        what: "settling the delivery",
+        source: lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Closed,
+            "the channel closed before the delivery was settled; the broker will redeliver it",
+        )),
+    }
+}
+
+async fn ack(incoming: &Incoming) -> Result<(), Error> {
+    let ok = incoming
+        .delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map_err(|source| Error::Amqp {
+            what: "acknowledging the job",
+            source,
+        })?;
+    if ok { Ok(()) } else { Err(lost()) }
+}
+
+/// The delivery's properties with the attempt set, the original routing key kept and extra headers.
+fn copy_properties(incoming: &Incoming, attempt: u32, extra: &[(&str, &str)]) -> BasicProperties {
+    let props = &incoming.delivery.properties;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    if header_str(Some(&headers), HEADER_ORIGINAL_ROUTING_KEY).is_none() {
+        set_header(&mut headers, HEADER_ORIGINAL_ROUTING_KEY, incoming.delivery.routing_key.as_str());
+        set_header(&mut headers, HEADER_ORIGINAL_EXCHANGE, incoming.delivery.exchange.as_str());
+    }
+    for (k, v) in extra {
+        set_header(&mut headers, k, v);
+    }
+    // The broker's own death records describe earlier hops; a copy starts a new history.
+    let mut clean = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+            clean.insert(k.clone(), v.clone());
+        }
+    }
+    props.clone().with_delivery_mode(2).with_headers(clean)
+}
+
+enum SessionEnd {
+    /// Drained or reached `--max-jobs`.
+    Finished,
+}
+
+/// Consume the work queue until `shutdown.drain` or `--max-jobs`; reconnect with capped backoff when the
+/// connection drops. Returns what was done.
+pub async fn run_worker<P: Processor>(opts: &WorkerOptions, processor: &P, shutdown: &Shutdown) -> Result<Stats, Error> {
+    let mut stats = Stats::default();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if shutdown.drain.is_cancelled() {
+            return Ok(stats);
+        }
+        let mut consuming = false;
+        match session(opts, processor, shutdown, &mut stats, &mut consuming).await {
+            Ok(SessionEnd::Finished) => return Ok(stats),
+            Err(e) => {
+                if consuming {
+                    backoff = Duration::from_millis(500);
+                }
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.drain.cancelled() => return Ok(stats),
+        }
+        backoff = (backoff * 2).min(opts.reconnect_max);
+    }
+}
+
+async fn session<P: Processor>(
+    opts: &WorkerOptions,
+    processor: &P,
+    shutdown: &Shutdown,
+    stats: &mut Stats,
+    consuming: &mut bool,
+) -> Result<SessionEnd, Error> {
+    let conn = connect(&opts.url, &format!("{}@{}", opts.app_id, opts.host)).await?;
+    let publisher = Publisher::open(&conn, &opts.app_id, opts.confirm_timeout).await?;
+    declare(publisher.channel(), &opts.topology).await?;
+    let channel = conn.create_channel().await.map_err(|source| Error::Amqp {
+        what: "opening the consume channel",
+        source,
+    })?;
+    // Quorum queues refuse global QoS: one unacked job per consumer.
+    channel
+        .basic_qos(1, BasicQosOptions { global: false })
+        .await
+        .map_err(|source| Error::Amqp {
+            what: "setting prefetch",
+            source,
+        })?;
+    let tag = format!("{}@{}-{}", opts.app_id, opts.host, std::process::id());
+    let mut consumer = channel
+        .basic_consume(
+            WORK_QUEUE.into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Amqp {
+            what: "consuming the work queue",
+            source,
+        })?;
+    *consuming = true;
+    info!(url = %mask_url(&opts.url), queue = WORK_QUEUE, "connected; waiting for jobs");
+
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = shutdown.drain.cancelled() => {
+                info!("stopping: no new jobs will be taken");
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                close(&conn).await;
+                return Ok(SessionEnd::Finished);
+            }
+            next = consumer.next() => match next {
+                Some(Ok(d)) => d,
+                Some(Err(source)) => return Err(Error::Amqp { what: "receiving a job", source }),
+                None => return Err(Error::ConsumerEnded(WORK_QUEUE.to_owned())),
+            },
+        };
+        let incoming = Incoming::from_delivery(delivery);
+        let span = info_span!(
+            "job",
+            job_id = %incoming.id(),
+            attempt = incoming.attempt,
+            routing_key = %incoming.routing_key,
+            redelivered = incoming.redelivered,
+        );
+        async {
+            let outcome = processor.process(&incoming, &publisher).await;
+            // Cancel before settling the last delivery: with prefetch 1 the broker then sends nothing
+            // more, so no other job is delivered here only to be handed back when the channel closes.
+            let last = opts.max_jobs.is_some_and(|max| stats.settled + 1 >= max);
+            if last || shutdown.drain.is_cancelled() {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+            let settled = settle(outcome, &incoming, &publisher, &opts.topology, &opts.host).await?;
+            stats.settled += 1;
+            match &settled {
+                Settled::Done => stats.done += 1,
+                Settled::Retried(_) => stats.retried += 1,
+                Settled::Dead => stats.dead += 1,
+                Settled::Requeued => stats.requeued += 1,
+            }
+            info!(?settled, "job settled");
+            Ok::<_, Error>(())
+        }
+        .instrument(span)
+        .await?;
+        if opts.max_jobs.is_some_and(|max| stats.settled >= max) {
+            info!(settled = stats.settled, "reached --max-jobs; stopping");
+            close(&conn).await;
+            return Ok(SessionEnd::Finished);
+        }
+    }
+}
+
+async fn close(conn: &Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "worker stopping".into())).await;
+}

@@ -1,0 +1,204 @@
+//! Publishing with publisher confirms.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use rafty_core::Job;
+use rafty_core::names::{CONTENT_TYPE_JSON, EVENTS_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE, event_routing_key};
+use time::OffsetDateTime;
+
+/// Why a publish did not make it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker negatively acknowledged the message (it could not store it).
+    #[error("the broker refused the message to {exchange} [{routing_key}] (nack); it was not stored")]
+    Nacked {
+        /// Target exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+    /// No queue is bound for the routing key; the broker returned the message.
+    #[error("no queue takes messages to {exchange} [{routing_key}]: the broker returned it ({reply})")]
+    Returned {
+        /// Target exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// No confirm came within the timeout.
+    #[error("the broker did not confirm the message to {exchange} [{routing_key}] within {} s", timeout.as_secs())]
+    Timeout {
+        /// Target exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The channel or connection failed.
+    #[error("publishing to {exchange} [{routing_key}] failed: {source}")]
+    Amqp {
+        /// Target exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+}
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    app_id: String,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    /// Open a confirm-mode channel on `conn`. `app_id` is stamped on every message.
+    pub async fn open(conn: &Connection, app_id: &str, confirm_timeout: Duration) -> Result<Self, crate::Error> {
+        let channel = conn.create_channel().await.map_err(|source| crate::Error::Amqp {
+            what: "opening the publish channel",
+            source,
+        })?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|source| crate::Error::Amqp {
+                what: "enabling publisher confirms",
+                source,
+            })?;
+        Ok(Publisher {
+            channel,
+            app_id: app_id.to_owned(),
+            confirm_timeout,
+        })
+    }
+
+    /// The underlying channel (for declaring the topology).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The properties of a job message (DESIGN.md, "The job message").
+    pub fn job_properties(&self, job: &Job, attempt: u32) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(2)
+            .with_message_id(job.id.to_string().into())
+            .with_type(JOB_TYPE.into())
+            .with_app_id(self.app_id.as_str().into())
+            .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64)
+            .with_headers(headers)
+    }
+
+    /// Publish a job (persistent, mandatory) and wait for the broker's confirm.
+    pub async fn publish_job(&self, exchange: &str, routing_key: &str, job: &Job) -> Result<(), PublishError> {
+        let props = self.job_properties(job, 0);
+        self.publish(exchange, routing_key, &job.to_json(), props, true).await
+    }
+
+    /// Publish an event on the events exchange (`rafty.transcode.<kind>`), confirmed. Events are not
+    /// mandatory: nobody has to listen.
+    pub async fn publish_event(&self, kind: &str, body: &serde_json::Value) -> Result<(), PublishError> {
+        let props = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(2)
+            .with_type(format!("rafty.event.{kind}.v1").into())
+            .with_app_id(self.app_id.as_str().into())
+            .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64);
+        let body = serde_json::to_vec(body).expect("events serialize");
+        self.publish(EVENTS_EXCHANGE, &event_routing_key(kind), &body, props, false)
+            .await
+    }
+
+    /// Publish anything and wait for the confirm. With `mandatory`, an unroutable message is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let amqp = |source| PublishError::Amqp {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            source,
+        };
+        let confirm = async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        immediate: false,
+                    },
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(amqp)?
+                .await
+                .map_err(amqp)
+        };
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                timeout: self.confirm_timeout,
+            })??;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(PublishError::Returned {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                reply: format!("{} {}", returned.reply_code, returned.reply_text.as_str()),
+            }),
+            Confirmation::Nack(None) => Err(PublishError::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A header value as a string, for copying and reading headers.
+pub fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// A header value as an integer, accepting every AMQP integer type (clients differ).
+pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    match headers?.inner().get(key)? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Set a string header.
+pub fn set_header(headers: &mut FieldTable, key: &str, value: &str) {
+    headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+}

@@ -1,0 +1,167 @@
+//! The broker topology (DESIGN.md, "Topology"), declared idempotently.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use rafty_core::config::format_duration;
+use rafty_core::names::{
+    DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE, retry_queue, rip_routing_key,
+};
+use rafty_core::{Media, config::TranscodeConfig};
+
+use crate::Error;
+
+/// The parts of the topology that come from configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The retry ladder, first rung first.
+    pub retry_delays: Vec<Duration>,
+    /// `x-delivery-limit` of the work queue.
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    /// The topology a worker with this configuration uses.
+    pub fn from_config(t: &TranscodeConfig) -> Self {
+        Topology {
+            retry_delays: t.retry_delays.clone(),
+            delivery_limit: t.delivery_limit,
+        }
+    }
+
+    /// Name of the retry queue for the given attempt (0 = first retry), if the ladder has that rung.
+    pub fn retry_queue_for(&self, attempt: u32) -> Option<String> {
+        self.retry_delays
+            .get(attempt as usize)
+            .map(|d| retry_queue(&format_duration(*d)))
+    }
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long("quorum"));
+    for (k, v) in extra {
+        args.insert((*k).into(), v.clone());
+    }
+    args
+}
+
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+const MISMATCH_HINT: &str = " (a queue that exists with other arguments is refused: compare delivery-limit and \
+     retry-delays with the other machines' configs, or delete the queue while it is empty)";
+
+/// Declare every exchange, queue and binding. Safe to call any number of times from any program.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Error> {
+    let exchange = |name: &'static str, kind: ExchangeKind| async move {
+        channel
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("exchange {name}"),
+                source,
+                hint: "",
+            })
+    };
+    exchange(RIP_EXCHANGE, ExchangeKind::Topic).await?;
+    exchange(EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
+    exchange(DEAD_EXCHANGE, ExchangeKind::Fanout).await?;
+
+    let queue = |name: String, args: FieldTable| async move {
+        channel
+            .queue_declare(name.as_str().into(), DURABLE_QUEUE, args)
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("queue {name}"),
+                source,
+                hint: MISMATCH_HINT,
+            })
+    };
+    let at_least_once = [
+        ("x-dead-letter-strategy", long("at-least-once")),
+        ("x-overflow", long("reject-publish")),
+    ];
+    queue(DEAD_QUEUE.to_owned(), quorum_args(&[])).await?;
+    queue(
+        WORK_QUEUE.to_owned(),
+        quorum_args(&[
+            ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(topology.delivery_limit))),
+            ("x-dead-letter-exchange", long(DEAD_EXCHANGE)),
+            at_least_once[0].clone(),
+            at_least_once[1].clone(),
+        ]),
+    )
+    .await?;
+    for (i, delay) in topology.retry_delays.iter().enumerate() {
+        let name = topology.retry_queue_for(i as u32).expect("rung exists");
+        queue(
+            name,
+            quorum_args(&[
+                ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
+                ("x-dead-letter-exchange", long("")),
+                ("x-dead-letter-routing-key", long(WORK_QUEUE)),
+                at_least_once[0].clone(),
+                at_least_once[1].clone(),
+            ]),
+        )
+        .await?;
+    }
+
+    let bind = |queue: &'static str, exchange: &'static str, key: String| async move {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("binding {exchange} -[{key}]-> {queue}"),
+                source,
+                hint: "",
+            })
+    };
+    bind(WORK_QUEUE, RIP_EXCHANGE, rip_routing_key(Media::Dvd)).await?;
+    bind(WORK_QUEUE, RIP_EXCHANGE, rip_routing_key(Media::Bluray)).await?;
+    bind(DEAD_QUEUE, DEAD_EXCHANGE, String::new()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rung_names_follow_the_delays() {
+        let t = Topology {
+            retry_delays: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_millis(1500)],
+            delivery_limit: 5,
+        };
+        assert_eq!(t.retry_queue_for(0).as_deref(), Some("rafty.transcode.retry.30s"));
+        assert_eq!(t.retry_queue_for(1).as_deref(), Some("rafty.transcode.retry.5m"));
+        assert_eq!(t.retry_queue_for(2).as_deref(), Some("rafty.transcode.retry.1500ms"));
+        assert_eq!(t.retry_queue_for(3), None);
+    }
+}

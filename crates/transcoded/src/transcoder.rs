@@ -1,0 +1,364 @@
+//! One job, start to finish: the [`Processor`] that runs HandBrake.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rafty_core::config::{Container, Loaded};
+use rafty_core::paths::resolve_source;
+use rafty_core::{Failure, Job, TitleSelection};
+use rafty_handbrake::{EncodeRequest, HandBrake, Scan, Title};
+use rafty_queue::{Incoming, Outcome, Processor, Publisher, Shutdown};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{info, warn};
+
+use crate::output::{self, Existing, Sidecar};
+
+/// How often progress is announced on the events exchange and in the log.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The worker's job processor: scan, encode, verify, put in place.
+pub struct Transcoder {
+    handbrake: HandBrake,
+    handbrake_version: String,
+    output_dir: PathBuf,
+    container: Container,
+    default_preset: String,
+    path_map: std::collections::BTreeMap<PathBuf, PathBuf>,
+    source_roots: Vec<PathBuf>,
+    stall_timeout: Duration,
+    tolerance: Duration,
+    host: String,
+    shutdown: Shutdown,
+}
+
+impl Transcoder {
+    /// A processor for this configuration, using a HandBrake already checked to run.
+    pub fn new(loaded: &Loaded, handbrake: HandBrake, handbrake_version: String, shutdown: Shutdown) -> Self {
+        let t = &loaded.config.transcode;
+        Transcoder {
+            handbrake,
+            handbrake_version,
+            output_dir: t.output_dir.clone(),
+            container: t.container,
+            default_preset: t.preset.clone(),
+            path_map: t.path_map.clone(),
+            source_roots: loaded.source_roots(),
+            stall_timeout: t.stall_timeout,
+            tolerance: t.duration_tolerance,
+            host: loaded.host(),
+            shutdown,
+        }
+    }
+
+    async fn run(&self, incoming: &Incoming, events: &Publisher) -> Result<serde_json::Value, Failure> {
+        let job = incoming.job.as_ref().map_err(|e| Failure::BadMessage(e.to_string()))?;
+        let started = Instant::now();
+        let preset = job.encode.preset.clone().unwrap_or_else(|| self.default_preset.clone());
+        let source = resolve_source(&job.source.path, &self.path_map, &self.source_roots)?;
+        let source_size = std::fs::metadata(&source)
+            .map_err(|e| Failure::SourceUnavailable(format!("{}: {e}", source.display())))?
+            .len();
+        info!(source = %source.display(), %preset, "job received");
+
+        let scan = self.scan(&source).await?;
+        let titles = choose_titles(&job.encode.titles, &scan, &source)?;
+        let single = titles.len() == 1 && job.encode.titles == TitleSelection::MainFeature;
+
+        let mut outputs = Vec::new();
+        let mut skipped = 0;
+        for title in &titles {
+            let file = output_name(&job.output.name, title.index, single, self.container);
+            let path = self.output_dir.join(&file);
+            let sidecar = Sidecar {
+                job_id: job.id.to_string(),
+                source_path: job.source.path.clone(),
+                source_size: job.source.size.unwrap_or(source_size),
+                source_sha256: job.source.sha256.clone(),
+                source_label: job.source.label.clone(),
+                title: title.index,
+                preset: preset.clone(),
+                handbrake: self.handbrake_version.clone(),
+                output: file.clone(),
+                output_size: 0,
+                output_duration_secs: 0.0,
+                title_duration_secs: title.duration.as_secs_f64(),
+                host: self.host.clone(),
+                finished_at: String::new(),
+            };
+            match output::existing(&path, &sidecar)? {
+                Existing::Done(found) => {
+                    info!(output = %path.display(), made_by = %found.job_id, "output already in place; not encoding again");
+                    skipped += 1;
+                    outputs.push(output_event(&path, &found, true));
+                    continue;
+                }
+                Existing::Absent => {}
+            }
+            let _ = events
+                .publish_event(
+                    "started",
+                    &json!({"id": job.id, "host": self.host, "title": title.index, "output": path, "preset": preset}),
+                )
+                .await;
+            let done = self.encode(job, &source, title, &path, &preset, events, sidecar).await?;
+            outputs.push(output_event(&path, &done, false));
+        }
+        Ok(json!({
+            "id": job.id,
+            "host": self.host,
+            "name": job.output.name,
+            "outputs": outputs,
+            "skipped": skipped == titles.len(),
+            "attempt": incoming.attempt,
+            "preset": preset,
+            "handbrake": self.handbrake_version,
+            "elapsed-secs": started.elapsed().as_secs_f64(),
+            "finished-at": now(),
+        }))
+    }
+
+    async fn scan(&self, input: &Path) -> Result<Scan, Failure> {
+        tokio::select! {
+            r = self.handbrake.scan(input, self.stall_timeout) => r.map_err(hb_failure),
+            _ = self.shutdown.abort.cancelled() => Err(Failure::Shutdown),
+        }
+    }
+
+    /// Encode one title to a temporary file, verify it, and put it in place with its sidecar (the
+    /// `template`, completed with the output's size and duration).
+    #[allow(clippy::too_many_arguments)]
+    async fn encode(
+        &self,
+        job: &Job,
+        source: &Path,
+        title: &Title,
+        path: &Path,
+        preset: &str,
+        events: &Publisher,
+        template: Sidecar,
+    ) -> Result<Sidecar, Failure> {
+        let temp = output::temp_path(path, &job.id.to_string());
+        output::prepare(path.parent().expect("output has a directory"), &temp)?;
+        let result = self.encode_to(job, source, title, path, &temp, preset, events, template).await;
+        if result.is_err() {
+            // Never leave a partial behind: HandBrake's cancelled output looks valid.
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn encode_to(
+        &self,
+        job: &Job,
+        source: &Path,
+        title: &Title,
+        path: &Path,
+        temp: &Path,
+        preset: &str,
+        events: &Publisher,
+        template: Sidecar,
+    ) -> Result<Sidecar, Failure> {
+        let request = EncodeRequest {
+            input: source,
+            title: title.index,
+            output: temp,
+            preset,
+            format: self.container.handbrake_format(),
+        };
+        info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let encode = self.handbrake.encode(&request, self.stall_timeout, self.shutdown.abort.cancelled(), |p| {
+            tx.send_replace(Some(p.clone()));
+        });
+        let announce = async {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let latest = rx.borrow_and_update().clone();
+                if let Some(p) = latest {
+                    let pct = p.fraction() * 100.0;
+                    info!(percent = format!("{pct:.1}"), fps = p.fps, eta_secs = p.eta.map(|e| e.as_secs()), "progress");
+                    let _ = events
+                        .publish_event(
+                            "progress",
+                            &json!({"id": job.id, "host": self.host, "title": title.index,
+                                    "percent": pct, "fps": p.fps, "eta-secs": p.eta.map(|e| e.as_secs())}),
+                        )
+                        .await;
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = encode => r,
+            _ = announce => unreachable!("the announcer never ends"),
+        };
+        result.map_err(hb_failure)?;
+
+        let scanned = self.handbrake.scan(temp, self.stall_timeout).await.map_err(|e| {
+            Failure::OutputTruncated(format!("HandBrake cannot read its own output {}: {e}", temp.display()))
+        })?;
+        let got = scanned.titles.first().ok_or_else(|| {
+            Failure::OutputTruncated(format!("the output of title {} has no video", title.index))
+        })?;
+        let shortest = title.duration.saturating_sub(self.tolerance);
+        if got.duration < shortest {
+            return Err(Failure::OutputTruncated(format!(
+                "the output is {:.1} s long but title {} is {:.1} s (tolerance {:.1} s): a truncated encode",
+                got.duration.as_secs_f64(),
+                title.index,
+                title.duration.as_secs_f64(),
+                self.tolerance.as_secs_f64()
+            )));
+        }
+        if title.audio_tracks > 0 && got.audio_tracks == 0 {
+            return Err(Failure::OutputTruncated(format!(
+                "title {} has {} audio tracks but the output has none",
+                title.index, title.audio_tracks
+            )));
+        }
+        let size = std::fs::metadata(temp).map_err(|e| output::io_failure(temp, &e))?.len();
+        let sidecar = Sidecar {
+            output_size: size,
+            output_duration_secs: got.duration.as_secs_f64(),
+            finished_at: now(),
+            ..template
+        };
+        output::commit(temp, path, &sidecar)?;
+        info!(output = %path.display(), secs = got.duration.as_secs_f64(), bytes = size, "output verified and in place");
+        Ok(sidecar)
+    }
+}
+
+impl Processor for Transcoder {
+    async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome {
+        match self.run(incoming, events).await {
+            Ok(event) => Outcome::Done(event),
+            Err(failure) => {
+                warn!(error = %failure, kind = failure.kind(), "job failed");
+                Outcome::Failed(failure)
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).expect("formats")
+}
+
+fn output_event(path: &Path, sidecar: &Sidecar, skipped: bool) -> serde_json::Value {
+    json!({
+        "path": path,
+        "title": sidecar.title,
+        "duration-secs": sidecar.output_duration_secs,
+        "size": sidecar.output_size,
+        "skipped": skipped,
+    })
+}
+
+/// The output file name: `<name>.<ext>` for a main feature, `<name> - tNN.<ext>` when a job asks for
+/// titles by number or length (a pure function of the job and the title, so a rerun finds it).
+pub fn output_name(name: &str, title: u32, single: bool, container: Container) -> String {
+    if single {
+        format!("{name}.{}", container.extension())
+    } else {
+        format!("{name} - t{title:02}.{}", container.extension())
+    }
+}
+
+/// Pick the titles a job asks for from a scan.
+pub fn choose_titles(selection: &TitleSelection, scan: &Scan, source: &Path) -> Result<Vec<Title>, Failure> {
+    let listing = || {
+        scan.titles
+            .iter()
+            .map(|t| format!("{} ({:.0} s)", t.index, t.duration.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen: Vec<Title> = match selection {
+        TitleSelection::MainFeature => scan.main_feature().cloned().into_iter().collect(),
+        TitleSelection::List(list) => {
+            let mut out = Vec::new();
+            for n in list {
+                match scan.title(*n) {
+                    Some(t) => out.push(t.clone()),
+                    None => {
+                        return Err(Failure::BadMessage(format!(
+                            "title {n} is not on {}; its titles are: {}",
+                            source.display(),
+                            listing()
+                        )));
+                    }
+                }
+            }
+            out
+        }
+        TitleSelection::MinDuration { secs } => scan
+            .titles
+            .iter()
+            .filter(|t| t.duration >= Duration::from_secs(*secs))
+            .cloned()
+            .collect(),
+    };
+    if chosen.is_empty() {
+        return Err(Failure::HandBrakeExit {
+            code: 2,
+            message: format!("no title of {} matches {selection:?}; its titles are: {}", source.display(), listing()),
+        });
+    }
+    Ok(chosen)
+}
+
+/// The failure a HandBrake error stands for.
+fn hb_failure(e: rafty_handbrake::Error) -> Failure {
+    use rafty_handbrake::Error as E;
+    match e {
+        E::Exit { code, message } => Failure::HandBrakeExit { code, message },
+        E::Signal { .. } | E::Io(_) => Failure::HandBrakeKilled(e.to_string()),
+        E::Stalled { .. } => Failure::Stalled(e.to_string()),
+        E::Cancelled => Failure::Shutdown,
+        E::Start { .. } | E::Scan { .. } => Failure::HandBrakeExit {
+            code: -1,
+            message: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn title(index: u32, secs: u64) -> Title {
+        Title {
+            index,
+            duration: Duration::from_secs(secs),
+            chapters: 1,
+            audio_tracks: 1,
+            size: (720, 480),
+        }
+    }
+
+    #[test]
+    fn titles_by_policy() {
+        let scan = Scan {
+            titles: vec![title(1, 20), title(2, 35), title(3, 5)],
+            main_feature: None,
+        };
+        let src = Path::new("/iso/x.iso");
+        let idx = |sel| choose_titles(&sel, &scan, src).map(|v| v.iter().map(|t| t.index).collect::<Vec<_>>());
+        assert_eq!(idx(TitleSelection::MainFeature).unwrap(), [2]);
+        assert_eq!(idx(TitleSelection::List(vec![3, 1])).unwrap(), [3, 1]);
+        assert_eq!(idx(TitleSelection::MinDuration { secs: 10 }).unwrap(), [1, 2]);
+        assert!(matches!(idx(TitleSelection::List(vec![9])), Err(Failure::BadMessage(m)) if m.contains("title 9")));
+        assert!(idx(TitleSelection::MinDuration { secs: 999 }).is_err());
+    }
+
+    #[test]
+    fn output_names_are_a_function_of_the_job() {
+        assert_eq!(output_name("Feature Disc", 2, true, Container::Mkv), "Feature Disc.mkv");
+        assert_eq!(output_name("Show", 3, false, Container::Mp4), "Show - t03.mp4");
+    }
+}
