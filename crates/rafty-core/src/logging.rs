@@ -23,9 +23,10 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Install the global subscriber. The level comes from `RUST_LOG` (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Install the global subscriber. The level comes from `RUST_LOG`, else `default_level`
+/// (`info` for daemons, `warn` for command-line tools whose output is on stdout).
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,1 +1,124 @@
-//! placeholder
+//! `raftyctl`, Rafty's control tool: declare the topology and submit disc images.
+//!
+//! `main.rs` parses the command line into [`Cli`] and calls [`run`]; everything a command prints for
+//! scripts goes to stdout, diagnostics to stderr.
+
+pub mod submit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rafty_core::config::Loaded;
+use rafty_core::logging::LogFormat;
+use rafty_core::names::{DEAD_QUEUE, ENV_CONFIG, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
+use rafty_queue::{Publisher, Topology, connect, declare, mask_url};
+
+pub use submit::SubmitArgs;
+
+/// Rafty's control tool.
+///
+/// Exit status: 0 success, 1 failure, 65 bad input (nothing was submitted), 69 broker unreachable,
+/// 76 the broker refused or returned a job, 78 configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "raftyctl", version, about, long_about)]
+pub struct Cli {
+    /// Configuration file [default: /etc/rafty/rafty.toml if present, else built-in defaults]
+    #[arg(long, short, global = true, env = ENV_CONFIG, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr: human or json
+    #[arg(long, global = true, default_value = "human", value_name = "FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare every exchange and queue (idempotent); nothing else.
+    Setup,
+    /// Queue disc images for transcoding; prints one job id per image.
+    Submit(SubmitArgs),
+}
+
+/// A failure with the exit code that tells scripts what kind it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Exit code (see `--help`).
+    pub code: u8,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Exit code: bad input, nothing submitted.
+pub const EXIT_DATAERR: u8 = 65;
+/// Exit code: the broker cannot be reached.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code: the broker refused or returned a message.
+pub const EXIT_PROTOCOL: u8 = 76;
+/// Exit code: the configuration is unusable.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
+    match cli.command {
+        Command::Setup => setup(&loaded).await,
+        Command::Submit(args) => submit::submit(&loaded, args).await,
+    }
+}
+
+/// Connect, open a confirming publisher and declare the topology: what every command starts with.
+pub(crate) async fn open(loaded: &Loaded) -> Result<(lapin::Connection, Publisher, String), Failure> {
+    let url = loaded
+        .amqp_url()
+        .map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
+    let conn = connect(&url, &format!("raftyctl@{}", loaded.host()))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                EXIT_UNAVAILABLE,
+                format!("{e}\nIs RabbitMQ running there? Set [broker] url in {} or RAFTY_AMQP_URL.", loaded.source_name()),
+            )
+        })?;
+    let timeout = loaded.config.broker.confirm_timeout;
+    let publisher = Publisher::open(&conn, "raftyctl", timeout)
+        .await
+        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+    declare(publisher.channel(), &Topology::from_config(&loaded.config.transcode))
+        .await
+        .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
+    Ok((conn, publisher, mask_url(&url)))
+}
+
+pub(crate) async fn close(conn: &lapin::Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "raftyctl done".into())).await;
+}
+
+async fn setup(loaded: &Loaded) -> Result<(), Failure> {
+    let (conn, _publisher, url) = open(loaded).await?;
+    close(&conn).await;
+    let topology = Topology::from_config(&loaded.config.transcode);
+    let rungs: Vec<String> = (0..topology.retry_delays.len() as u32)
+        .filter_map(|i| topology.retry_queue_for(i))
+        .collect();
+    println!("topology declared on {url}");
+    println!("  exchanges: {RIP_EXCHANGE} (topic), {EVENTS_EXCHANGE} (topic), {DEAD_QUEUE} (fanout)");
+    println!(
+        "  queues:    {WORK_QUEUE} (delivery limit {}), {}, {DEAD_QUEUE}",
+        topology.delivery_limit,
+        rungs.join(", ")
+    );
+    Ok(())
+}

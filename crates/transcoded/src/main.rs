@@ -31,7 +31,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log_format, "info");
     let loaded = match Config::load(cli.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
