@@ -1,0 +1,144 @@
+//! Private RabbitMQ nodes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{require_tools, script};
+
+/// A RabbitMQ node of this test process.
+pub struct Broker {
+    dir: PathBuf,
+    port: u16,
+}
+
+static SHARED: OnceLock<Broker> = OnceLock::new();
+static VHOSTS: AtomicU32 = AtomicU32::new(0);
+
+/// The node shared by the tests of this binary (started on first use).
+pub fn shared_broker() -> &'static Broker {
+    SHARED.get_or_init(Broker::start)
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+impl Broker {
+    /// Start a new node on free ports, under a fresh directory, stopped when this process exits.
+    pub fn start() -> Broker {
+        require_tools(&["ffmpeg"]);
+        assert!(
+            Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists(),
+            "rabbitmq-server is not installed: run `sudo .ci/install-deps`"
+        );
+        // AMQP port p, distribution p+10000, epmd p+11000 (see scripts/rafty-broker).
+        let seed = std::process::id() as u16;
+        let port = (0..2000u16)
+            .map(|i| 20000 + (seed.wrapping_mul(7).wrapping_add(i * 13)) % 9000)
+            .find(|&p| port_free(p) && port_free(p + 10000) && port_free(p + 11000))
+            .expect("a free port for the broker");
+        let dir = std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let broker = Broker { dir, port };
+        broker.boot();
+        broker.reap_on_exit();
+        broker
+    }
+
+    fn boot(&self) {
+        let out = Command::new(script("rafty-broker"))
+            .arg("start")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output()
+            .expect("run scripts/rafty-broker");
+        assert!(
+            out.status.success(),
+            "the test broker did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stop the node (its data stays; [`Broker::restart`] brings it back).
+    pub fn stop(&self) {
+        let out = Command::new(script("rafty-broker"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output()
+            .expect("run scripts/rafty-broker");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Start a stopped node again on the same port with the same data.
+    pub fn restart(&self) {
+        self.boot();
+    }
+
+    /// A process outside the test's process group waits for this process to end, then stops the node
+    /// and removes its directory, so no broker outlives its tests.
+    fn reap_on_exit(&self) {
+        let reaper = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} stop {dir}; rm -rf {dir}",
+            pid = std::process::id(),
+            stop = shell_quote(&script("rafty-broker")),
+            dir = shell_quote(&self.dir),
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &reaper])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker reaper");
+    }
+
+    /// The AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Run `rabbitmqctl` against this node.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let env = Command::new(script("rafty-broker"))
+            .arg("env")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output()
+            .expect("rafty-broker env");
+        let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        for line in String::from_utf8_lossy(&env.stdout).lines() {
+            if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+                cmd.env(k, v.trim_matches('"'));
+            }
+        }
+        let out = cmd.args(args).output().expect("run rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A fresh vhost for one test, with full rights for `guest`; returns its AMQP URL.
+    pub fn vhost(&self, test: &str) -> String {
+        let n = VHOSTS.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{test}-{n}");
+        self.ctl(&["add_vhost", &name]);
+        self.ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        format!("amqp://guest:guest@127.0.0.1:{}/{name}?heartbeat=5", self.port)
+    }
+
+    /// URL of the default vhost.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", self.port)
+    }
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}

@@ -1,0 +1,58 @@
+//! Fixture disc images.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{require_tools, script, workspace_root};
+
+fn cache_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("rafty-fixtures");
+    std::fs::create_dir_all(&dir).expect("create the fixture cache");
+    dir
+}
+
+/// A real DVD-Video ISO with one title per duration (seconds), volume label `label`; built once and
+/// cached under `target/rafty-fixtures/`.
+pub fn fixture_iso(label: &str, titles: &[u32]) -> PathBuf {
+    require_tools(&["ffmpeg", "dvdauthor", "genisoimage"]);
+    let secs: Vec<String> = titles.iter().map(u32::to_string).collect();
+    let path = cache_dir().join(format!("{label}-{}.iso", secs.join("-")));
+    if !path.exists() {
+        let out = Command::new(script("make-dvd-iso"))
+            .arg(&path)
+            .arg(label)
+            .args(&secs)
+            .output()
+            .expect("run scripts/make-dvd-iso");
+        assert!(
+            out.status.success(),
+            "building fixture {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
+/// A file of pseudo-random bytes named like a disc image.
+pub fn garbage_iso() -> PathBuf {
+    let path = cache_dir().join("garbage.iso");
+    if !path.exists() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let bytes: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&temp, bytes).expect("write garbage");
+        std::fs::rename(&temp, &path).expect("rename garbage");
+    }
+    path
+}

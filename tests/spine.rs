@@ -1,0 +1,345 @@
+//! The spine, end to end: `raftyctl submit` → RabbitMQ → `transcoded` → HandBrakeCLI → a verified video,
+//! and every way a job can fail. Real broker (a private node for this test binary, a vhost per test),
+//! real HandBrakeCLI, real DVD-Video ISOs built by the test kit.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use nix::sys::signal::Signal;
+use rafty_core::job::{Origin, Source};
+use rafty_core::names::{DEAD_QUEUE, JOB_TYPE, RIP_EXCHANGE, WORK_QUEUE};
+use rafty_core::{Job, Media};
+use rafty_testkit::{Amqp, Env, bin, fixture_iso, garbage_iso, shared_broker, wait_for};
+use serde_json::Value;
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn env(test: &str) -> Env {
+    Env::new(shared_broker(), test)
+}
+
+/// The duration of a video as ffprobe reads it: a check independent of HandBrake's own scan.
+fn probe_secs(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
+}
+
+fn job_props(id: &str, kind: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-rafty-attempt".into(), AMQPValue::LongLongInt(0));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_type(kind.into())
+        .with_app_id("third-party-test".into())
+        .with_headers(headers)
+}
+
+/// Publish a job the way a third-party client would.
+fn publish_job(amqp: &Amqp, job: &Value) {
+    let id = job["id"].as_str().expect("id");
+    amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", job.to_string().as_bytes(), job_props(id, JOB_TYPE));
+}
+
+fn job_for(path: &Path, name: &str) -> Value {
+    let job = Job::new(
+        Source {
+            path: path.to_path_buf(),
+            media: Media::Dvd,
+            size: None,
+            sha256: None,
+            label: None,
+        },
+        name.to_owned(),
+        Origin::default(),
+    );
+    serde_json::to_value(&job).unwrap()
+}
+
+fn setup(env: &Env) {
+    let out = env.raftyctl(&["setup"]);
+    assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_submitted_two_title_iso_becomes_one_verified_video_of_the_main_title() {
+    let env = env("happy");
+    let iso = env.add_iso(&fixture_iso("FEATURE_DISC", &[20, 12]), "Feature Disc é.iso");
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let id = env.submit(&iso, &[]);
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "submit prints the job id, got {id:?}");
+
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    let out = env.media_dir.join("Feature Disc é.mkv");
+    assert_eq!(done["outputs"][0]["path"], out.to_str().unwrap());
+    let secs = probe_secs(&out);
+    assert!((secs - 20.0).abs() < 1.5, "the main (20 s) title, not the 12 s one: {secs} s");
+
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(env.media_dir.join("Feature Disc é.mkv.rafty.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["job-id"], id.as_str());
+    assert_eq!(sidecar["title"], 1);
+    assert_eq!(sidecar["source-label"], "FEATURE_DISC");
+    assert_eq!(sidecar["output-size"], std::fs::metadata(&out).unwrap().len());
+    assert_eq!(env.media_files(), ["Feature Disc é.mkv", "Feature Disc é.mkv.rafty.json"], "no temporary file left");
+
+    assert_eq!(amqp.counts(WORK_QUEUE).0, 0, "work queue empty");
+    assert_eq!(amqp.counts(DEAD_QUEUE).0, 0, "nothing dead-lettered");
+    let log = worker.log();
+    assert!(log.contains(&format!("job_id={id}")) && log.contains("redelivered=false"), "job span in the log:\n{log}");
+}
+
+#[test]
+fn garbage_iso_is_dead_lettered_after_one_attempt_and_the_worker_goes_on() {
+    let env = env("garbage");
+    let garbage = env.add_iso(&garbage_iso(), "garbage.iso");
+
+    let refused = env.raftyctl(&["submit", garbage.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("garbage.iso") && stderr.contains("not a disc image"), "{stderr}");
+
+    let bad = env.submit(&garbage, &["--media", "dvd"]);
+    let good_iso = env.add_iso(&fixture_iso("SMALL", &[12]), "small.iso");
+    let good = env.submit(&good_iso, &[]);
+
+    let amqp = env.amqp();
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "2"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let dead = amqp.wait_get(DEAD_QUEUE, Duration::from_secs(10));
+    assert_eq!(dead.message_id.as_deref(), Some(bad.as_str()));
+    assert_eq!(dead.header("x-rafty-attempt"), "0", "one attempt only");
+    assert_eq!(dead.header("x-rafty-error-class"), "permanent");
+    assert!(dead.header("x-rafty-error").contains("No title found"), "{:?}", dead.headers);
+    assert!(!dead.header("x-rafty-host").is_empty());
+    assert_eq!(dead.header("x-rafty-original-routing-key"), "rafty.rip.iso.dvd");
+    assert!(amqp.get(DEAD_QUEUE).is_none(), "only the garbage job is dead");
+    assert!(env.media_dir.join("small.mkv").exists(), "the next job ({good}) was done");
+}
+
+#[test]
+fn unusable_messages_are_dead_lettered_with_a_clear_reason() {
+    let env = env("badmsg");
+    setup(&env);
+    let amqp = env.amqp();
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "small.iso");
+    let ok = job_for(&iso, "ok");
+    let mut cases: Vec<(String, Vec<u8>, &'static str, &'static str)> = Vec::new();
+    let mut case = |mut job: Value, kind: &'static str, body: Option<&[u8]>, want: &'static str| {
+        let id = uuid::Uuid::new_v4().to_string();
+        job["id"] = Value::from(id.clone());
+        let body = body.map(<[u8]>::to_vec).unwrap_or_else(|| job.to_string().into_bytes());
+        cases.push((id, body, if kind.is_empty() { JOB_TYPE } else { kind }, want));
+    };
+    case(ok.clone(), "", Some(b"this is not json"), "not a valid rafty.job.v1 job");
+    case(ok.clone(), "rafty.job.v9", None, "message type is \"rafty.job.v9\"");
+    let mut j = ok.clone();
+    j["output"]["name"] = "../escape".into();
+    case(j, "", None, "output name \"../escape\"");
+    let mut j = ok.clone();
+    j["output"]["name"] = "sub/dir".into();
+    case(j, "", None, "path separator");
+    let mut j = ok.clone();
+    j["source"]["path"] = "/etc/hostname".into();
+    case(j, "", None, "outside the allowed source roots");
+    let mut j = ok.clone();
+    j.as_object_mut().unwrap().remove("output");
+    case(j, "", None, "missing field `output`");
+    let mut j = ok.clone();
+    j["encode"] = serde_json::json!({"titles": [0]});
+    case(j, "", None, "not a title number");
+
+    for (id, body, kind, _) in &cases {
+        amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", body, job_props(id, kind));
+    }
+    let mut worker = env.worker(&env.config(), &["--max-jobs", &cases.len().to_string()]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    for _ in 0..cases.len() {
+        let dead = amqp.wait_get(DEAD_QUEUE, Duration::from_secs(10));
+        let id = dead.message_id.clone().unwrap();
+        let (_, _, _, want) = cases.iter().find(|c| c.0 == id).expect("a dead letter of ours");
+        assert_eq!(dead.header("x-rafty-error-class"), "permanent", "{id}");
+        assert_eq!(dead.header("x-rafty-attempt"), "0");
+        assert!(dead.header("x-rafty-error").contains(want), "{:?} lacks {want:?}", dead.header("x-rafty-error"));
+    }
+    assert!(env.media_files().is_empty(), "nothing was encoded: {:?}", env.media_files());
+}
+
+#[test]
+fn a_missing_source_climbs_the_retry_ladder_then_is_dead_lettered() {
+    let env = env("ladder");
+    setup(&env);
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let job = job_for(&env.iso_dir.join("not yet copied.iso"), "late");
+    publish_job(&amqp, &job);
+
+    // Attempt 0 → rung 1s, attempt 1 → rung 2s, attempt 2 → no rung left → dead letter.
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "3"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let dead = amqp.wait_get(DEAD_QUEUE, Duration::from_secs(10));
+    assert_eq!(dead.message_id.as_deref(), job["id"].as_str());
+    assert_eq!(dead.header("x-rafty-attempt"), "2");
+    assert_eq!(dead.header("x-rafty-error-class"), "retryable");
+    let reason = dead.header("x-rafty-error");
+    assert!(reason.contains("not yet copied.iso") && reason.contains("gave up after 3 attempts"), "{reason}");
+
+    let events = amqp.drain_events(&tap);
+    let nexts: Vec<&str> = events
+        .iter()
+        .filter(|(k, _)| k == "rafty.transcode.failed")
+        .map(|(_, v)| v["next"].as_str().unwrap())
+        .collect();
+    assert_eq!(nexts, ["rafty.transcode.retry.1s", "rafty.transcode.retry.2s", "dead-letter"]);
+    assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
+}
+
+#[test]
+fn an_unwritable_output_directory_is_retried_not_dead_lettered() {
+    let env = env("readonly");
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "small.iso");
+    std::fs::create_dir_all(&env.media_dir).unwrap();
+    let id = env.submit(&iso, &[]);
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+
+    // The worker sees the media directory as a read-only bind mount (root ignores permissions).
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#])
+        .arg(&env.media_dir)
+        .arg(bin("transcoded"));
+    let mut worker = env.worker_with(cmd, &env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let failed = amqp.wait_event(&tap, "failed", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    assert_eq!(failed["error-kind"], "output-unwritable", "{failed}");
+    assert_eq!(failed["next"], "rafty.transcode.retry.1s");
+    assert_eq!(amqp.counts(DEAD_QUEUE).0, 0, "not dead-lettered");
+    // The rung's TTL brings it back to the work queue, and a worker that can write finishes it.
+    wait_for("the job back in the work queue", Duration::from_secs(20), || {
+        (amqp.counts(WORK_QUEUE).0 == 1).then_some(())
+    });
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(env.media_files(), ["small.mkv", "small.mkv.rafty.json"]);
+}
+
+#[test]
+fn sigterm_mid_encode_leaves_no_partial_and_another_worker_completes_the_job_once() {
+    let env = env("sigterm");
+    let iso = env.add_iso(&fixture_iso("LONG", &[120]), "long.iso");
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let quick = env.write_config("quick-drain.toml", Some("first"), &[("drain-timeout", "\"1s\"")]);
+    let id = env.submit(&iso, &[]);
+
+    let mut first = env.worker(&quick, &[]);
+    amqp.wait_event(&tap, "progress", JOB_TIMEOUT, |v| v["id"] == id.as_str());
+    first.signal(Signal::SIGTERM);
+    let status = first.wait(Duration::from_secs(60));
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}\n{}", first.log());
+    assert!(first.log().contains("Requeued"), "the job was handed back:\n{}", first.log());
+    assert!(env.media_files().is_empty(), "no partial file left: {:?}", env.media_files());
+    assert_eq!(amqp.counts(WORK_QUEUE).0, 1, "the job is back on the queue");
+
+    let mut second = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(second.wait(JOB_TIMEOUT).success(), "{}", second.log());
+    assert!(second.log().contains("redelivered=true"), "{}", second.log());
+    let secs = probe_secs(&env.media_dir.join("long.mkv"));
+    assert!((secs - 120.0).abs() < 2.0, "complete output: {secs} s");
+    let events = amqp.drain_events(&tap);
+    let dones = events.iter().filter(|(k, v)| k == "rafty.transcode.done" && v["id"] == id.as_str()).count();
+    assert_eq!(dones, 1, "completed once");
+    assert_eq!(env.media_files(), ["long.mkv", "long.mkv.rafty.json"]);
+}
+
+#[test]
+fn sigterm_lets_the_current_encode_finish_within_the_drain_limit() {
+    let env = env("drain");
+    let iso = env.add_iso(&fixture_iso("FEATURE_DISC", &[20, 12]), "drained.iso");
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let id = env.submit(&iso, &[]);
+    let mut worker = env.worker(&env.config(), &[]);
+    amqp.wait_event(&tap, "started", JOB_TIMEOUT, |v| v["id"] == id.as_str());
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    assert_eq!(env.media_files(), ["drained.mkv", "drained.mkv.rafty.json"]);
+    assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
+}
+
+#[test]
+fn a_redelivered_finished_job_is_acked_without_a_second_encode() {
+    let env = env("redeliver");
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "again.iso");
+    let out = env.raftyctl(&["submit", "--json", iso.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value = serde_json::from_slice(&out.stdout).expect("submit --json prints the job");
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    let video = env.media_dir.join("again.mkv");
+    let before = std::fs::metadata(&video).unwrap().modified().unwrap();
+
+    // The same message again, as the broker would redeliver it after a crash between rename and ack.
+    publish_job(&amqp, &job);
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["skipped"] == true);
+    assert_eq!(done["id"], job["id"]);
+    assert!(worker.log().contains("not encoding again"), "{}", worker.log());
+    assert!(!worker.log().contains("encoding title="), "no encode ran:\n{}", worker.log());
+    assert_eq!(std::fs::metadata(&video).unwrap().modified().unwrap(), before, "the video was not rewritten");
+    assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
+}
+
+#[test]
+fn two_workers_share_four_jobs() {
+    let env = env("share");
+    setup(&env);
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let a = env.write_config("a.toml", Some("worker-a"), &[]);
+    let b = env.write_config("b.toml", Some("worker-b"), &[]);
+    let mut wa = env.worker(&a, &[]);
+    let mut wb = env.worker(&b, &[]);
+    wait_for("two consumers", Duration::from_secs(30), || (amqp.counts(WORK_QUEUE).1 == 2).then_some(()));
+
+    let fixture = fixture_iso("SMALL", &[12]);
+    let ids: Vec<String> = (1..=4)
+        .map(|i| env.submit(&env.add_iso(&fixture, &format!("episode {i}.iso")), &[]))
+        .collect();
+    let mut hosts = Vec::new();
+    for id in &ids {
+        let done = amqp.wait_event(&tap, "done", JOB_TIMEOUT, |v| v["id"] == id.as_str());
+        hosts.push(done["host"].as_str().unwrap().to_owned());
+    }
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["worker-a", "worker-b"], "both workers took work");
+    wa.signal(Signal::SIGTERM);
+    wb.signal(Signal::SIGTERM);
+    assert!(wa.wait(Duration::from_secs(30)).success());
+    assert!(wb.wait(Duration::from_secs(30)).success());
+    assert_eq!(env.media_files().len(), 8, "four videos and four sidecars: {:?}", env.media_files());
+}
