@@ -6,13 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
 use nix::sys::signal::Signal;
 use rafty_core::job::{Origin, Source};
 use rafty_core::names::{DEAD_QUEUE, JOB_TYPE, RIP_EXCHANGE, WORK_QUEUE};
 use rafty_core::{Job, Media};
-use rafty_testkit::{Amqp, Env, bin, fixture_iso, garbage_iso, shared_broker, wait_for};
+use rafty_testkit::{Amqp, Env, bin, fixture_iso, garbage_iso, job_properties, shared_broker, wait_for};
 use serde_json::Value;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -32,22 +30,10 @@ fn probe_secs(path: &Path) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
 }
 
-fn job_props(id: &str, kind: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert("x-rafty-attempt".into(), AMQPValue::LongLongInt(0));
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(id.into())
-        .with_type(kind.into())
-        .with_app_id("third-party-test".into())
-        .with_headers(headers)
-}
-
 /// Publish a job the way a third-party client would.
 fn publish_job(amqp: &Amqp, job: &Value) {
     let id = job["id"].as_str().expect("id");
-    amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", job.to_string().as_bytes(), job_props(id, JOB_TYPE));
+    amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", job.to_string().as_bytes(), job_properties(id, JOB_TYPE));
 }
 
 fn job_for(path: &Path, name: &str) -> Value {
@@ -164,7 +150,7 @@ fn unusable_messages_are_dead_lettered_with_a_clear_reason() {
     case(j, "", None, "not a title number");
 
     for (id, body, kind, _) in &cases {
-        amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", body, job_props(id, kind));
+        amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", body, job_properties(id, kind));
     }
     let mut worker = env.worker(&env.config(), &["--max-jobs", &cases.len().to_string()]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());

@@ -153,7 +153,8 @@ impl HandBrake {
         let mut cmd = self.command();
         cmd.arg("-i")
             .arg(input)
-            .args(["--scan", "--json", "-t", "0", "--min-duration"])
+            // No previews: they cost decode time and the worker never shows them.
+            .args(["--scan", "--json", "-t", "0", "--previews", "1:0", "--min-duration"])
             .arg(self.min_title_secs.to_string());
         let child = self.start(&mut cmd)?;
         let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {

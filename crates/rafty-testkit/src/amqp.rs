@@ -13,6 +13,19 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rafty_core::names::EVENTS_EXCHANGE;
 use serde_json::Value;
 
+/// The properties of a job message as DESIGN.md specifies them, for publishing like a client would.
+pub fn job_properties(id: &str, kind: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-rafty-attempt".into(), AMQPValue::LongLongInt(0));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_type(kind.into())
+        .with_app_id("third-party-test".into())
+        .with_headers(headers)
+}
+
 /// A message taken from a queue.
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -16,7 +16,7 @@ mod broker;
 mod env;
 mod fixtures;
 
-pub use amqp::{Amqp, EventTap, Message};
+pub use amqp::{Amqp, EventTap, Message, job_properties};
 pub use broker::{Broker, shared_broker};
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};
@@ -42,8 +42,9 @@ pub fn script(name: &str) -> PathBuf {
 /// `cargo build`; panics with the command to run when it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target/<profile>");
+    // A test runs from target/<profile>/deps/, a tool such as rafty-bench from target/<profile>/.
+    let here = exe.parent().expect("a directory");
+    let dir = if here.ends_with("deps") { here.parent().expect("target/<profile>") } else { here };
     let path = dir.join(name);
     assert!(
         path.exists(),
