@@ -8,12 +8,24 @@ use rafty_testkit::{Env, fixture_iso, shared_broker, workspace_root};
 
 fn run_example(env: &Env, cmd: &mut Command) -> String {
     let out = cmd.output().expect("run the example");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(id.len(), 36, "the example prints the job id: {id:?}");
     let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
-    assert!(worker.wait(Duration::from_secs(180)).success(), "{}", worker.log());
-    assert!(worker.log().contains(&format!("job_id={id}")), "{}", worker.log());
+    assert!(
+        worker.wait(Duration::from_secs(180)).success(),
+        "{}",
+        worker.log()
+    );
+    assert!(
+        worker.log().contains(&format!("job_id={id}")),
+        "{}",
+        worker.log()
+    );
     id
 }
 
@@ -29,7 +41,11 @@ fn a_job_from_python_pika_is_transcoded() {
             .arg(&env.url)
             .arg(&iso),
     );
-    assert!(env.media_dir.join("From Python.mkv").exists(), "{:?}", env.media_files());
+    assert!(
+        env.media_dir.join("From Python.mkv").exists(),
+        "{:?}",
+        env.media_files()
+    );
 }
 
 #[test]
@@ -46,5 +62,9 @@ fn a_job_from_the_shell_is_transcoded() {
             .arg(&iso)
             .arg("From Shell"),
     );
-    assert!(env.media_dir.join("From Shell.mkv").exists(), "{:?}", env.media_files());
+    assert!(
+        env.media_dir.join("From Shell.mkv").exists(),
+        "{:?}",
+        env.media_files()
+    );
 }

@@ -20,6 +20,10 @@ fn a_worker_reconnects_after_the_broker_restarts_and_takes_the_next_job() {
     let id = env.submit(&iso, &[]);
     let status = worker.wait(Duration::from_secs(180));
     assert!(status.success(), "{}", worker.log());
-    assert!(worker.log().contains(&format!("job_id={id}")), "{}", worker.log());
+    assert!(
+        worker.log().contains(&format!("job_id={id}")),
+        "{}",
+        worker.log()
+    );
     assert!(env.media_dir.join("after restart.mkv").exists());
 }

@@ -10,7 +10,9 @@ use nix::sys::signal::Signal;
 use rafty_core::job::{Origin, Source};
 use rafty_core::names::{DEAD_QUEUE, JOB_TYPE, RIP_EXCHANGE, WORK_QUEUE};
 use rafty_core::{Job, Media};
-use rafty_testkit::{Amqp, Env, bin, fixture_iso, garbage_iso, job_properties, shared_broker, wait_for};
+use rafty_testkit::{
+    Amqp, Env, bin, fixture_iso, garbage_iso, job_properties, shared_broker, wait_for,
+};
 use serde_json::Value;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(180);
@@ -22,18 +24,38 @@ fn env(test: &str) -> Env {
 /// The duration of a video as ffprobe reads it: a check independent of HandBrake's own scan.
 fn probe_secs(path: &Path) -> f64 {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("run ffprobe");
-    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a duration")
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a duration")
 }
 
 /// Publish a job the way a third-party client would.
 fn publish_job(amqp: &Amqp, job: &Value) {
     let id = job["id"].as_str().expect("id");
-    amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", job.to_string().as_bytes(), job_properties(id, JOB_TYPE));
+    amqp.publish(
+        RIP_EXCHANGE,
+        "rafty.rip.iso.dvd",
+        job.to_string().as_bytes(),
+        job_properties(id, JOB_TYPE),
+    );
 }
 
 fn job_for(path: &Path, name: &str) -> Value {
@@ -53,39 +75,66 @@ fn job_for(path: &Path, name: &str) -> Value {
 
 fn setup(env: &Env) {
     let out = env.raftyctl(&["setup"]);
-    assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_submitted_two_title_iso_becomes_one_verified_video_of_the_main_title() {
     let env = env("happy");
-    let iso = env.add_iso(&fixture_iso("FEATURE_DISC", &[20, 12]), "Feature Disc é.iso");
+    let iso = env.add_iso(
+        &fixture_iso("FEATURE_DISC", &[20, 12]),
+        "Feature Disc é.iso",
+    );
     let amqp = env.amqp();
     let tap = amqp.tap();
     let id = env.submit(&iso, &[]);
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "submit prints the job id, got {id:?}");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "submit prints the job id, got {id:?}"
+    );
 
     let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
 
-    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| {
+        v["id"] == id.as_str()
+    });
     let out = env.media_dir.join("Feature Disc é.mkv");
     assert_eq!(done["outputs"][0]["path"], out.to_str().unwrap());
     let secs = probe_secs(&out);
-    assert!((secs - 20.0).abs() < 1.5, "the main (20 s) title, not the 12 s one: {secs} s");
+    assert!(
+        (secs - 20.0).abs() < 1.5,
+        "the main (20 s) title, not the 12 s one: {secs} s"
+    );
 
-    let sidecar: Value =
-        serde_json::from_slice(&std::fs::read(env.media_dir.join("Feature Disc é.mkv.rafty.json")).unwrap()).unwrap();
+    let sidecar: Value = serde_json::from_slice(
+        &std::fs::read(env.media_dir.join("Feature Disc é.mkv.rafty.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(sidecar["job-id"], id.as_str());
     assert_eq!(sidecar["title"], 1);
     assert_eq!(sidecar["source-label"], "FEATURE_DISC");
-    assert_eq!(sidecar["output-size"], std::fs::metadata(&out).unwrap().len());
-    assert_eq!(env.media_files(), ["Feature Disc é.mkv", "Feature Disc é.mkv.rafty.json"], "no temporary file left");
+    assert_eq!(
+        sidecar["output-size"],
+        std::fs::metadata(&out).unwrap().len()
+    );
+    assert_eq!(
+        env.media_files(),
+        ["Feature Disc é.mkv", "Feature Disc é.mkv.rafty.json"],
+        "no temporary file left"
+    );
 
     assert_eq!(amqp.counts(WORK_QUEUE).0, 0, "work queue empty");
     assert_eq!(amqp.counts(DEAD_QUEUE).0, 0, "nothing dead-lettered");
     let log = worker.log();
-    assert!(log.contains(&format!("job_id={id}")) && log.contains("redelivered=false"), "job span in the log:\n{log}");
+    assert!(
+        log.contains(&format!("job_id={id}")) && log.contains("redelivered=false"),
+        "job span in the log:\n{log}"
+    );
 }
 
 #[test]
@@ -96,7 +145,10 @@ fn garbage_iso_is_dead_lettered_after_one_attempt_and_the_worker_goes_on() {
     let refused = env.raftyctl(&["submit", garbage.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(65));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("garbage.iso") && stderr.contains("not a disc image"), "{stderr}");
+    assert!(
+        stderr.contains("garbage.iso") && stderr.contains("not a disc image"),
+        "{stderr}"
+    );
 
     let bad = env.submit(&garbage, &["--media", "dvd"]);
     let good_iso = env.add_iso(&fixture_iso("SMALL", &[12]), "small.iso");
@@ -110,11 +162,24 @@ fn garbage_iso_is_dead_lettered_after_one_attempt_and_the_worker_goes_on() {
     assert_eq!(dead.message_id.as_deref(), Some(bad.as_str()));
     assert_eq!(dead.header("x-rafty-attempt"), "0", "one attempt only");
     assert_eq!(dead.header("x-rafty-error-class"), "permanent");
-    assert!(dead.header("x-rafty-error").contains("No title found"), "{:?}", dead.headers);
+    assert!(
+        dead.header("x-rafty-error").contains("No title found"),
+        "{:?}",
+        dead.headers
+    );
     assert!(!dead.header("x-rafty-host").is_empty());
-    assert_eq!(dead.header("x-rafty-original-routing-key"), "rafty.rip.iso.dvd");
-    assert!(amqp.get(DEAD_QUEUE).is_none(), "only the garbage job is dead");
-    assert!(env.media_dir.join("small.mkv").exists(), "the next job ({good}) was done");
+    assert_eq!(
+        dead.header("x-rafty-original-routing-key"),
+        "rafty.rip.iso.dvd"
+    );
+    assert!(
+        amqp.get(DEAD_QUEUE).is_none(),
+        "only the garbage job is dead"
+    );
+    assert!(
+        env.media_dir.join("small.mkv").exists(),
+        "the next job ({good}) was done"
+    );
 }
 
 #[test]
@@ -128,11 +193,28 @@ fn unusable_messages_are_dead_lettered_with_a_clear_reason() {
     let mut case = |mut job: Value, kind: &'static str, body: Option<&[u8]>, want: &'static str| {
         let id = uuid::Uuid::new_v4().to_string();
         job["id"] = Value::from(id.clone());
-        let body = body.map(<[u8]>::to_vec).unwrap_or_else(|| job.to_string().into_bytes());
-        cases.push((id, body, if kind.is_empty() { JOB_TYPE } else { kind }, want));
+        let body = body
+            .map(<[u8]>::to_vec)
+            .unwrap_or_else(|| job.to_string().into_bytes());
+        cases.push((
+            id,
+            body,
+            if kind.is_empty() { JOB_TYPE } else { kind },
+            want,
+        ));
     };
-    case(ok.clone(), "", Some(b"this is not json"), "not a valid rafty.job.v1 job");
-    case(ok.clone(), "rafty.job.v9", None, "message type is \"rafty.job.v9\"");
+    case(
+        ok.clone(),
+        "",
+        Some(b"this is not json"),
+        "not a valid rafty.job.v1 job",
+    );
+    case(
+        ok.clone(),
+        "rafty.job.v9",
+        None,
+        "message type is \"rafty.job.v9\"",
+    );
     let mut j = ok.clone();
     j["output"]["name"] = "../escape".into();
     case(j, "", None, "output name \"../escape\"");
@@ -150,7 +232,12 @@ fn unusable_messages_are_dead_lettered_with_a_clear_reason() {
     case(j, "", None, "not a title number");
 
     for (id, body, kind, _) in &cases {
-        amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", body, job_properties(id, kind));
+        amqp.publish(
+            RIP_EXCHANGE,
+            "rafty.rip.iso.dvd",
+            body,
+            job_properties(id, kind),
+        );
     }
     let mut worker = env.worker(&env.config(), &["--max-jobs", &cases.len().to_string()]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
@@ -158,12 +245,23 @@ fn unusable_messages_are_dead_lettered_with_a_clear_reason() {
     for _ in 0..cases.len() {
         let dead = amqp.wait_get(DEAD_QUEUE, Duration::from_secs(10));
         let id = dead.message_id.clone().unwrap();
-        let (_, _, _, want) = cases.iter().find(|c| c.0 == id).expect("a dead letter of ours");
+        let (_, _, _, want) = cases
+            .iter()
+            .find(|c| c.0 == id)
+            .expect("a dead letter of ours");
         assert_eq!(dead.header("x-rafty-error-class"), "permanent", "{id}");
         assert_eq!(dead.header("x-rafty-attempt"), "0");
-        assert!(dead.header("x-rafty-error").contains(want), "{:?} lacks {want:?}", dead.header("x-rafty-error"));
+        assert!(
+            dead.header("x-rafty-error").contains(want),
+            "{:?} lacks {want:?}",
+            dead.header("x-rafty-error")
+        );
     }
-    assert!(env.media_files().is_empty(), "nothing was encoded: {:?}", env.media_files());
+    assert!(
+        env.media_files().is_empty(),
+        "nothing was encoded: {:?}",
+        env.media_files()
+    );
 }
 
 #[test]
@@ -184,7 +282,10 @@ fn a_missing_source_climbs_the_retry_ladder_then_is_dead_lettered() {
     assert_eq!(dead.header("x-rafty-attempt"), "2");
     assert_eq!(dead.header("x-rafty-error-class"), "retryable");
     let reason = dead.header("x-rafty-error");
-    assert!(reason.contains("not yet copied.iso") && reason.contains("gave up after 3 attempts"), "{reason}");
+    assert!(
+        reason.contains("not yet copied.iso") && reason.contains("gave up after 3 attempts"),
+        "{reason}"
+    );
 
     let events = amqp.drain_events(&tap);
     let nexts: Vec<&str> = events
@@ -192,7 +293,14 @@ fn a_missing_source_climbs_the_retry_ladder_then_is_dead_lettered() {
         .filter(|(k, _)| k == "rafty.transcode.failed")
         .map(|(_, v)| v["next"].as_str().unwrap())
         .collect();
-    assert_eq!(nexts, ["rafty.transcode.retry.1s", "rafty.transcode.retry.2s", "dead-letter"]);
+    assert_eq!(
+        nexts,
+        [
+            "rafty.transcode.retry.1s",
+            "rafty.transcode.retry.2s",
+            "dead-letter"
+        ]
+    );
     assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
 }
 
@@ -207,23 +315,34 @@ fn an_unwritable_output_directory_is_retried_not_dead_lettered() {
 
     // The worker sees the media directory as a read-only bind mount (root ignores permissions).
     let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "sh", "-c", r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#])
-        .arg(&env.media_dir)
-        .arg(bin("transcoded"));
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#,
+    ])
+    .arg(&env.media_dir)
+    .arg(bin("transcoded"));
     let mut worker = env.worker_with(cmd, &env.config(), &["--max-jobs", "1"]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
 
-    let failed = amqp.wait_event(&tap, "failed", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    let failed = amqp.wait_event(&tap, "failed", Duration::from_secs(10), |v| {
+        v["id"] == id.as_str()
+    });
     assert_eq!(failed["error-kind"], "output-unwritable", "{failed}");
     assert_eq!(failed["next"], "rafty.transcode.retry.1s");
     assert_eq!(amqp.counts(DEAD_QUEUE).0, 0, "not dead-lettered");
     // The rung's TTL brings it back to the work queue, and a worker that can write finishes it.
-    wait_for("the job back in the work queue", Duration::from_secs(20), || {
-        (amqp.counts(WORK_QUEUE).0 == 1).then_some(())
-    });
+    wait_for(
+        "the job back in the work queue",
+        Duration::from_secs(20),
+        || (amqp.counts(WORK_QUEUE).0 == 1).then_some(()),
+    );
     let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
-    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| {
+        v["id"] == id.as_str()
+    });
     assert_eq!(done["attempt"], 1);
     assert_eq!(env.media_files(), ["small.mkv", "small.mkv.rafty.json"]);
 }
@@ -234,25 +353,48 @@ fn sigterm_mid_encode_leaves_no_partial_and_another_worker_completes_the_job_onc
     let iso = env.add_iso(&fixture_iso("LONG", &[120]), "long.iso");
     let amqp = env.amqp();
     let tap = amqp.tap();
-    let quick = env.write_config("quick-drain.toml", Some("first"), &[("drain-timeout", "\"1s\"")]);
+    let quick = env.write_config(
+        "quick-drain.toml",
+        Some("first"),
+        &[("drain-timeout", "\"1s\"")],
+    );
     let id = env.submit(&iso, &[]);
 
     let mut first = env.worker(&quick, &[]);
     amqp.wait_event(&tap, "progress", JOB_TIMEOUT, |v| v["id"] == id.as_str());
     first.signal(Signal::SIGTERM);
     let status = first.wait(Duration::from_secs(60));
-    assert!(status.success(), "clean exit after SIGTERM: {status:?}\n{}", first.log());
-    assert!(first.log().contains("Requeued"), "the job was handed back:\n{}", first.log());
-    assert!(env.media_files().is_empty(), "no partial file left: {:?}", env.media_files());
+    assert!(
+        status.success(),
+        "clean exit after SIGTERM: {status:?}\n{}",
+        first.log()
+    );
+    assert!(
+        first.log().contains("Requeued"),
+        "the job was handed back:\n{}",
+        first.log()
+    );
+    assert!(
+        env.media_files().is_empty(),
+        "no partial file left: {:?}",
+        env.media_files()
+    );
     assert_eq!(amqp.counts(WORK_QUEUE).0, 1, "the job is back on the queue");
 
     let mut second = env.worker(&env.config(), &["--max-jobs", "1"]);
     assert!(second.wait(JOB_TIMEOUT).success(), "{}", second.log());
-    assert!(second.log().contains("redelivered=true"), "{}", second.log());
+    assert!(
+        second.log().contains("redelivered=true"),
+        "{}",
+        second.log()
+    );
     let secs = probe_secs(&env.media_dir.join("long.mkv"));
     assert!((secs - 120.0).abs() < 2.0, "complete output: {secs} s");
     let events = amqp.drain_events(&tap);
-    let dones = events.iter().filter(|(k, v)| k == "rafty.transcode.done" && v["id"] == id.as_str()).count();
+    let dones = events
+        .iter()
+        .filter(|(k, v)| k == "rafty.transcode.done" && v["id"] == id.as_str())
+        .count();
     assert_eq!(dones, 1, "completed once");
     assert_eq!(env.media_files(), ["long.mkv", "long.mkv.rafty.json"]);
 }
@@ -268,7 +410,9 @@ fn sigterm_lets_the_current_encode_finish_within_the_drain_limit() {
     amqp.wait_event(&tap, "started", JOB_TIMEOUT, |v| v["id"] == id.as_str());
     worker.signal(Signal::SIGTERM);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
-    amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == id.as_str());
+    amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| {
+        v["id"] == id.as_str()
+    });
     assert_eq!(env.media_files(), ["drained.mkv", "drained.mkv.rafty.json"]);
     assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
 }
@@ -278,7 +422,11 @@ fn a_redelivered_finished_job_is_acked_without_a_second_encode() {
     let env = env("redeliver");
     let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "again.iso");
     let out = env.raftyctl(&["submit", "--json", iso.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let job: Value = serde_json::from_slice(&out.stdout).expect("submit --json prints the job");
     let amqp = env.amqp();
     let tap = amqp.tap();
@@ -291,11 +439,25 @@ fn a_redelivered_finished_job_is_acked_without_a_second_encode() {
     publish_job(&amqp, &job);
     let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
     assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
-    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["skipped"] == true);
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| {
+        v["skipped"] == true
+    });
     assert_eq!(done["id"], job["id"]);
-    assert!(worker.log().contains("not encoding again"), "{}", worker.log());
-    assert!(!worker.log().contains("encoding title="), "no encode ran:\n{}", worker.log());
-    assert_eq!(std::fs::metadata(&video).unwrap().modified().unwrap(), before, "the video was not rewritten");
+    assert!(
+        worker.log().contains("not encoding again"),
+        "{}",
+        worker.log()
+    );
+    assert!(
+        !worker.log().contains("encoding title="),
+        "no encode ran:\n{}",
+        worker.log()
+    );
+    assert_eq!(
+        std::fs::metadata(&video).unwrap().modified().unwrap(),
+        before,
+        "the video was not rewritten"
+    );
     assert_eq!(amqp.counts(WORK_QUEUE).0, 0);
 }
 
@@ -309,7 +471,9 @@ fn two_workers_share_four_jobs() {
     let b = env.write_config("b.toml", Some("worker-b"), &[]);
     let mut wa = env.worker(&a, &[]);
     let mut wb = env.worker(&b, &[]);
-    wait_for("two consumers", Duration::from_secs(30), || (amqp.counts(WORK_QUEUE).1 == 2).then_some(()));
+    wait_for("two consumers", Duration::from_secs(30), || {
+        (amqp.counts(WORK_QUEUE).1 == 2).then_some(())
+    });
 
     let fixture = fixture_iso("SMALL", &[12]);
     let ids: Vec<String> = (1..=4)
@@ -327,5 +491,10 @@ fn two_workers_share_four_jobs() {
     wb.signal(Signal::SIGTERM);
     assert!(wa.wait(Duration::from_secs(30)).success());
     assert!(wb.wait(Duration::from_secs(30)).success());
-    assert_eq!(env.media_files().len(), 8, "four videos and four sidecars: {:?}", env.media_files());
+    assert_eq!(
+        env.media_files().len(),
+        8,
+        "four videos and four sidecars: {:?}",
+        env.media_files()
+    );
 }

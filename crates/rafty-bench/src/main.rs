@@ -43,8 +43,14 @@ fn cpu_secs(pid: u32) -> f64 {
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14-17 of stat (utime, stime, cutime, cstime) are 11-14 after the comm.
-    let ticks: f64 = f[11..15].iter().map(|x| x.parse::<f64>().expect("ticks")).sum();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let ticks: f64 = f[11..15]
+        .iter()
+        .map(|x| x.parse::<f64>().expect("ticks"))
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
     ticks / hz
 }
 
@@ -70,7 +76,14 @@ fn version(cmd: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -78,7 +91,10 @@ fn version(cmd: &str, args: &[&str]) -> String {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (title_secs, warmup, reps) = if cli.quick { (20, 0, 1) } else { (180, 1, 5) };
-    eprintln!("rafty-bench: {} mode: {title_secs} s title, {warmup} warm-up, {reps} repetitions", if cli.quick { "quick" } else { "full" });
+    eprintln!(
+        "rafty-bench: {} mode: {title_secs} s title, {warmup} warm-up, {reps} repetitions",
+        if cli.quick { "quick" } else { "full" }
+    );
 
     let broker = Broker::start();
     let env = Env::new(&broker, "bench");
@@ -137,7 +153,9 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         amqp.publish(RIP_EXCHANGE, "rafty.rip.iso.dvd", &body, props);
         let id = job.id.to_string();
-        amqp.wait_event(&tap, "done", Duration::from_secs(1800), |v| v["id"] == id.as_str());
+        amqp.wait_event(&tap, "done", Duration::from_secs(1800), |v| {
+            v["id"] == id.as_str()
+        });
         let wall = t0.elapsed().as_secs_f64();
         if i >= warmup {
             worker_wall.push(wall);
@@ -155,18 +173,39 @@ fn main() -> anyhow::Result<()> {
     let wc = median(&mut worker_cpu);
     let idle_mib = idle_rss as f64 / 1024.0;
     let rows = [
-        format!("| one job, wall (s) | {ww:.2} | HandBrakeCLI alone {dw:.2} | {:.3}× | ≤ 1.03× | {} |", ww / dw, verdict(ww / dw <= 1.03)),
-        format!("| one job, CPU (s) | {wc:.2} | HandBrakeCLI alone {dc:.2} | {:.3}× | ≤ 1.03× | {} |", wc / dc, verdict(wc / dc <= 1.03)),
-        format!("| transcoded idle RSS (MiB) | {idle_mib:.1} | target 20 | {:.2}× | ≤ 1.00× | {} |", idle_mib / 20.0, verdict(idle_mib <= 20.0)),
-        format!("| transcoded peak RSS during jobs (MiB) | {:.1} | (HandBrake's own memory not included) | | | |", busy_hwm as f64 / 1024.0),
+        format!(
+            "| one job, wall (s) | {ww:.2} | HandBrakeCLI alone {dw:.2} | {:.3}× | ≤ 1.03× | {} |",
+            ww / dw,
+            verdict(ww / dw <= 1.03)
+        ),
+        format!(
+            "| one job, CPU (s) | {wc:.2} | HandBrakeCLI alone {dc:.2} | {:.3}× | ≤ 1.03× | {} |",
+            wc / dc,
+            verdict(wc / dc <= 1.03)
+        ),
+        format!(
+            "| transcoded idle RSS (MiB) | {idle_mib:.1} | target 20 | {:.2}× | ≤ 1.00× | {} |",
+            idle_mib / 20.0,
+            verdict(idle_mib <= 20.0)
+        ),
+        format!(
+            "| transcoded peak RSS during jobs (MiB) | {:.1} | (HandBrake's own memory not included) | | | |",
+            busy_hwm as f64 / 1024.0
+        ),
     ];
     let header = "| figure | Rafty | baseline | ratio | target | |\n|---|---|---|---|---|---|";
     let machine = format!(
         "{} cores, {} MiB memory; {}; {}; rustc {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+            .and_then(|m| m
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(0)
             / 1024,
         version("HandBrakeCLI", &["--version"]),
@@ -175,7 +214,9 @@ fn main() -> anyhow::Result<()> {
     );
     let table = format!("{header}\n{}", rows.join("\n"));
     println!("\nmachine: {machine}");
-    println!("title: {title_secs} s NTSC DVD title, preset \"{PRESET}\", median of {reps} after {warmup} warm-up\n");
+    println!(
+        "title: {title_secs} s NTSC DVD title, preset \"{PRESET}\", median of {reps} after {warmup} warm-up\n"
+    );
     println!("{table}");
     if let Some(path) = &cli.write {
         write_doc(path, &machine, title_secs, warmup, reps, &table)?;
@@ -193,7 +234,14 @@ fn broker_version(broker: &Broker) -> String {
     format!("RabbitMQ {}", v.trim())
 }
 
-fn write_doc(path: &Path, machine: &str, title: u32, warmup: usize, reps: usize, table: &str) -> anyhow::Result<()> {
+fn write_doc(
+    path: &Path,
+    machine: &str,
+    title: u32,
+    warmup: usize,
+    reps: usize,
+    table: &str,
+) -> anyhow::Result<()> {
     let text = format!(
         "# Benchmarks\n\n\
          Regenerate with `scripts/bench --write docs/benchmarks.md` (a private RabbitMQ node and a fixture ISO\n\

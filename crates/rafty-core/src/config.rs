@@ -301,10 +301,14 @@ impl Loaded {
         };
         let t = &self.config.transcode;
         if t.retry_delays.iter().any(|d| d.is_zero()) {
-            return Err(invalid("[transcode] retry-delays: a delay of zero would retry in a tight loop".into()));
+            return Err(invalid(
+                "[transcode] retry-delays: a delay of zero would retry in a tight loop".into(),
+            ));
         }
         if t.delivery_limit == 0 {
-            return Err(invalid("[transcode] delivery-limit must be at least 1".into()));
+            return Err(invalid(
+                "[transcode] delivery-limit must be at least 1".into(),
+            ));
         }
         for (from, to) in &t.path_map {
             if !from.is_absolute() || !to.is_absolute() {
@@ -337,15 +341,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{text:?} is not a duration like 30s, 5m, 2h or 1500ms"));
+            return Err(format!(
+                "{text:?} is not a duration like 30s, 5m, 2h or 1500ms"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("{text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -354,7 +364,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
             "d" => Duration::from_secs(n * 86400),
-            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         total += part;
     }
@@ -446,7 +460,10 @@ mod tests {
         let file = dir.join("bad.toml");
         std::fs::write(&file, "[broker]\nurl = 5\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().to_string();
-        assert!(err.contains(&file.display().to_string()) && err.contains("url"), "{err}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("url"),
+            "{err}"
+        );
         let missing = dir.join("missing.toml");
         let err = Config::load(Some(&missing)).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");

@@ -164,7 +164,10 @@ mod tests {
             code: 2,
             message: "No title found.".into(),
         };
-        assert_eq!(f.to_string(), "HandBrakeCLI exited with status 2: No title found.");
+        assert_eq!(
+            f.to_string(),
+            "HandBrakeCLI exited with status 2: No title found."
+        );
         assert_eq!(f.kind(), "handbrake-exit");
     }
 }

@@ -86,7 +86,9 @@ impl std::str::FromStr for Media {
             "dvd" => Ok(Media::Dvd),
             "bluray" => Ok(Media::Bluray),
             "data" => Ok(Media::Data),
-            other => Err(format!("unknown media {other:?}: expected dvd, bluray or data")),
+            other => Err(format!(
+                "unknown media {other:?}: expected dvd, bluray or data"
+            )),
         }
     }
 }
@@ -141,7 +143,9 @@ impl<'de> Deserialize<'de> for TitleSelection {
             serde_json::Value::String(s) if s == "main-feature" => Ok(TitleSelection::MainFeature),
             serde_json::Value::Array(items) => {
                 if items.is_empty() {
-                    return Err(D::Error::custom("titles: the list of title numbers is empty"));
+                    return Err(D::Error::custom(
+                        "titles: the list of title numbers is empty",
+                    ));
                 }
                 let mut list = Vec::with_capacity(items.len());
                 for item in items {
@@ -156,12 +160,14 @@ impl<'de> Deserialize<'de> for TitleSelection {
                 }
                 Ok(TitleSelection::List(list))
             }
-            serde_json::Value::Object(map) => match map.get("min-duration-secs").and_then(|v| v.as_u64()) {
-                Some(secs) if map.len() == 1 => Ok(TitleSelection::MinDuration { secs }),
-                _ => Err(D::Error::custom(
-                    "titles: an object must be {\"min-duration-secs\": N} with N a whole number of seconds",
-                )),
-            },
+            serde_json::Value::Object(map) => {
+                match map.get("min-duration-secs").and_then(|v| v.as_u64()) {
+                    Some(secs) if map.len() == 1 => Ok(TitleSelection::MinDuration { secs }),
+                    _ => Err(D::Error::custom(
+                        "titles: an object must be {\"min-duration-secs\": N} with N a whole number of seconds",
+                    )),
+                }
+            }
             other => Err(D::Error::custom(format!(
                 "titles: expected \"main-feature\", a list of title numbers or {{\"min-duration-secs\": N}}, got {other}"
             ))),
@@ -237,7 +243,8 @@ impl Job {
         if body.len() > MAX_BODY_BYTES {
             return Err(JobError::TooLarge(body.len()));
         }
-        let job: Job = serde_json::from_slice(body).map_err(|e| JobError::Invalid(e.to_string()))?;
+        let job: Job =
+            serde_json::from_slice(body).map_err(|e| JobError::Invalid(e.to_string()))?;
         job.validate()?;
         Ok(job)
     }
@@ -285,7 +292,10 @@ pub fn validate_output_name(name: &str) -> Result<(), JobError> {
         return bad("it is longer than 180 bytes");
     }
     if Path::new(name).components().count() != 1
-        || !matches!(Path::new(name).components().next(), Some(Component::Normal(_)))
+        || !matches!(
+            Path::new(name).components().next(),
+            Some(Component::Normal(_))
+        )
     {
         return bad("it is not a single file name");
     }
@@ -320,14 +330,28 @@ mod tests {
         for (json, want) in [
             (r#""main-feature""#, TitleSelection::MainFeature),
             ("[1,3]", TitleSelection::List(vec![1, 3])),
-            (r#"{"min-duration-secs":600}"#, TitleSelection::MinDuration { secs: 600 }),
+            (
+                r#"{"min-duration-secs":600}"#,
+                TitleSelection::MinDuration { secs: 600 },
+            ),
         ] {
             let got: TitleSelection = serde_json::from_str(json).unwrap();
             assert_eq!(got, want);
             assert_eq!(serde_json::to_string(&got).unwrap(), json);
         }
-        for bad in ["[]", "[0]", "[-1]", "[4294967296]", r#""all""#, r#"{"x":1}"#, "7"] {
-            assert!(serde_json::from_str::<TitleSelection>(bad).is_err(), "{bad} accepted");
+        for bad in [
+            "[]",
+            "[0]",
+            "[-1]",
+            "[4294967296]",
+            r#""all""#,
+            r#"{"x":1}"#,
+            "7",
+        ] {
+            assert!(
+                serde_json::from_str::<TitleSelection>(bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
@@ -336,7 +360,11 @@ mod tests {
         let cases: Vec<(Option<&str>, Vec<u8>, &str)> = vec![
             (Some("rafty.job.v2"), body("x").into_bytes(), "message type"),
             (None, b"not json".to_vec(), "not a valid"),
-            (None, br#"{"id":"0d6f7a3e-8f25-4f4e-9a53-1f4e4a0b7c11"}"#.to_vec(), "missing field"),
+            (
+                None,
+                br#"{"id":"0d6f7a3e-8f25-4f4e-9a53-1f4e4a0b7c11"}"#.to_vec(),
+                "missing field",
+            ),
             (None, body("../escape").into_bytes(), "output name"),
             (None, body("a/b").into_bytes(), "path separator"),
             (None, body(".hidden").into_bytes(), "starts with '.'"),

@@ -68,7 +68,9 @@ fn u32_le(b: &[u8], at: usize) -> u32 {
 }
 
 fn clean(text: &str) -> Option<String> {
-    let t = text.trim_matches(|c: char| c == ' ' || c == '\0').to_owned();
+    let t = text
+        .trim_matches(|c: char| c == ' ' || c == '\0')
+        .to_owned();
     (!t.is_empty()).then_some(t)
 }
 
@@ -76,7 +78,9 @@ fn clean(text: &str) -> Option<String> {
 #[allow(clippy::type_complexity)]
 fn iso9660<R: Read + Seek>(r: &mut R) -> io::Result<Option<(Option<String>, Option<Media>)>> {
     for lba in 16..48 {
-        let Some(d) = read_sector(r, lba)? else { return Ok(None) };
+        let Some(d) = read_sector(r, lba)? else {
+            return Ok(None);
+        };
         if &d[1..6] != b"CD001" {
             return Ok(None);
         }
@@ -98,7 +102,9 @@ fn root_media<R: Read + Seek>(r: &mut R, extent: u32, len: u32) -> io::Result<Op
     let len = len.min(MAX_DIR_BYTES);
     let sectors = u64::from(len).div_ceil(SECTOR);
     for i in 0..sectors {
-        let Some(s) = read_sector(r, u64::from(extent) + i)? else { return Ok(None) };
+        let Some(s) = read_sector(r, u64::from(extent) + i)? else {
+            return Ok(None);
+        };
         let mut at = 0usize;
         while at < s.len() {
             let rec_len = s[at] as usize;
@@ -124,7 +130,9 @@ fn root_media<R: Read + Seek>(r: &mut R, extent: u32, len: u32) -> io::Result<Op
 
 /// UDF: the Logical Volume Identifier, found through the anchor at sector 256.
 fn udf_label<R: Read + Seek>(r: &mut R) -> io::Result<Option<String>> {
-    let Some(anchor) = read_sector(r, 256)? else { return Ok(None) };
+    let Some(anchor) = read_sector(r, 256)? else {
+        return Ok(None);
+    };
     if u16::from_le_bytes([anchor[0], anchor[1]]) != 2 {
         return Ok(None);
     }
@@ -132,7 +140,9 @@ fn udf_label<R: Read + Seek>(r: &mut R) -> io::Result<Option<String>> {
     let loc = u32_le(&anchor, 20);
     let sectors = u64::from(len.min(64 * SECTOR as u32)).div_ceil(SECTOR);
     for i in 0..sectors {
-        let Some(d) = read_sector(r, u64::from(loc) + i)? else { return Ok(None) };
+        let Some(d) = read_sector(r, u64::from(loc) + i)? else {
+            return Ok(None);
+        };
         match u16::from_le_bytes([d[0], d[1]]) {
             6 => return Ok(Some(dstring(&d[84..84 + 128]).unwrap_or_default())),
             8 => break,
@@ -152,7 +162,10 @@ fn dstring(field: &[u8]) -> Option<String> {
     let text = match field[0] {
         8 => body.iter().map(|&b| b as char).collect::<String>(),
         16 => {
-            let units: Vec<u16> = body.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            let units: Vec<u16> = body
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
             String::from_utf16_lossy(&units)
         }
         _ => return None,
@@ -201,7 +214,12 @@ mod tests {
 
     #[test]
     fn reads_iso9660_label_and_media() {
-        let info = disc_info(&mut Cursor::new(image_with("FEATURE_DISC", b"VIDEO_TS", None))).unwrap();
+        let info = disc_info(&mut Cursor::new(image_with(
+            "FEATURE_DISC",
+            b"VIDEO_TS",
+            None,
+        )))
+        .unwrap();
         assert_eq!(info.label.as_deref(), Some("FEATURE_DISC"));
         assert_eq!(info.media, Some(Media::Dvd));
         let info = disc_info(&mut Cursor::new(image_with("BD", b"BDMV", None))).unwrap();
@@ -216,15 +234,25 @@ mod tests {
         for u in "Fëature Disc".encode_utf16() {
             udf.extend_from_slice(&u.to_be_bytes());
         }
-        let info = disc_info(&mut Cursor::new(image_with("FEATURE", b"VIDEO_TS", Some(&udf)))).unwrap();
+        let info = disc_info(&mut Cursor::new(image_with(
+            "FEATURE",
+            b"VIDEO_TS",
+            Some(&udf),
+        )))
+        .unwrap();
         assert_eq!(info.label.as_deref(), Some("Fëature Disc"));
     }
 
     #[test]
     fn garbage_is_not_recognised() {
-        let junk: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let junk: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let info = disc_info(&mut Cursor::new(junk)).unwrap();
         assert!(!info.recognised);
-        assert_eq!(disc_info(&mut Cursor::new(vec![0u8; 10])).unwrap(), DiscInfo::default());
+        assert_eq!(
+            disc_info(&mut Cursor::new(vec![0u8; 10])).unwrap(),
+            DiscInfo::default()
+        );
     }
 }

@@ -20,7 +20,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "human" => Ok(LogFormat::Human),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}: expected human or json")),
+            other => Err(format!(
+                "unknown log format {other:?}: expected human or json"
+            )),
         }
     }
 }
@@ -28,13 +30,18 @@ impl std::str::FromStr for LogFormat {
 /// Install the global subscriber. The level comes from `RUST_LOG`, else `default_level`
 /// (`info` for daemons, `warn` for command-line tools whose output is on stdout).
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let _ = match format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
     };
 }

@@ -37,7 +37,11 @@ pub fn resolve_source(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if mapped.components().any(|c| matches!(c, Component::ParentDir)) || !mapped.is_absolute() {
+    if mapped
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+        || !mapped.is_absolute()
+    {
         return Err(Failure::SourceOutsideRoots(format!(
             "{shown} is not a plain absolute path; allowed roots: {}",
             roots_shown()
@@ -49,9 +53,8 @@ pub fn resolve_source(
             roots_shown()
         )));
     }
-    let real = std::fs::canonicalize(&mapped).map_err(|e| {
-        Failure::SourceUnavailable(format!("{shown}: {e}"))
-    })?;
+    let real = std::fs::canonicalize(&mapped)
+        .map_err(|e| Failure::SourceUnavailable(format!("{shown}: {e}")))?;
     let real_roots: Vec<PathBuf> = roots
         .iter()
         .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
@@ -63,9 +66,12 @@ pub fn resolve_source(
             roots_shown()
         )));
     }
-    let meta = std::fs::metadata(&real).map_err(|e| Failure::SourceUnavailable(format!("{shown}: {e}")))?;
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| Failure::SourceUnavailable(format!("{shown}: {e}")))?;
     if !meta.is_file() {
-        return Err(Failure::SourceUnavailable(format!("{shown} is not a regular file")));
+        return Err(Failure::SourceUnavailable(format!(
+            "{shown} is not a regular file"
+        )));
     }
     std::fs::File::open(&real).map_err(|e| Failure::SourceUnavailable(format!("{shown}: {e}")))?;
     Ok(real)
@@ -81,9 +87,18 @@ mod tests {
             (PathBuf::from("/srv"), PathBuf::from("/mnt/srv")),
             (PathBuf::from("/srv/iso"), PathBuf::from("/nas/iso")),
         ]);
-        assert_eq!(map_path(Path::new("/srv/iso/a.iso"), &map), Path::new("/nas/iso/a.iso"));
-        assert_eq!(map_path(Path::new("/srv/x/a.iso"), &map), Path::new("/mnt/srv/x/a.iso"));
-        assert_eq!(map_path(Path::new("/srvx/a.iso"), &map), Path::new("/srvx/a.iso"));
+        assert_eq!(
+            map_path(Path::new("/srv/iso/a.iso"), &map),
+            Path::new("/nas/iso/a.iso")
+        );
+        assert_eq!(
+            map_path(Path::new("/srv/x/a.iso"), &map),
+            Path::new("/mnt/srv/x/a.iso")
+        );
+        assert_eq!(
+            map_path(Path::new("/srvx/a.iso"), &map),
+            Path::new("/srvx/a.iso")
+        );
     }
 
     #[test]
@@ -97,9 +112,17 @@ mod tests {
         let roots = [root.clone()];
         let none = BTreeMap::new();
         assert!(resolve_source(&root.join("ok.iso"), &none, &roots).is_ok());
-        let outside = |p: &Path| matches!(resolve_source(p, &none, &roots), Err(Failure::SourceOutsideRoots(_)));
+        let outside = |p: &Path| {
+            matches!(
+                resolve_source(p, &none, &roots),
+                Err(Failure::SourceOutsideRoots(_))
+            )
+        };
         assert!(outside(&base.join("secret.iso")));
-        assert!(outside(&root.join("link.iso")), "a symlink out of the root is refused");
+        assert!(
+            outside(&root.join("link.iso")),
+            "a symlink out of the root is refused"
+        );
         assert!(outside(&root.join("../secret.iso")));
         assert!(matches!(
             resolve_source(&root.join("missing.iso"), &none, &roots),

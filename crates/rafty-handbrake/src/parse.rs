@@ -45,7 +45,11 @@ pub fn parse_progress(line: &str) -> Option<Progress> {
     if !(0.0..=100.0).contains(&progress.percent) {
         return None;
     }
-    if let Some(inner) = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+    if let Some(inner) = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+    {
         for part in inner.split(", ") {
             if let Some(fps) = part.strip_suffix(" fps")
                 && !fps.starts_with("avg")
@@ -63,7 +67,8 @@ fn parse_eta(s: &str) -> Option<Duration> {
     let (h, rest) = s.split_once('h')?;
     let (m, rest) = rest.split_once('m')?;
     let sec = rest.strip_suffix('s')?;
-    let secs = h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + sec.parse::<u64>().ok()?;
+    let secs =
+        h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + sec.parse::<u64>().ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -242,7 +247,10 @@ mod tests {
 
     #[test]
     fn progress_lines() {
-        let p = parse_progress("Encoding: task 1 of 1, 29.59 % (268.82 fps, avg 256.92 fps, ETA 00h00m09s)").unwrap();
+        let p = parse_progress(
+            "Encoding: task 1 of 1, 29.59 % (268.82 fps, avg 256.92 fps, ETA 00h00m09s)",
+        )
+        .unwrap();
         assert_eq!((p.task, p.tasks), (1, 1));
         assert!((p.percent - 29.59).abs() < 1e-9);
         assert_eq!(p.fps, Some(268.82));
@@ -250,7 +258,12 @@ mod tests {
         let p = parse_progress("Encoding: task 2 of 2, 50.00 %").unwrap();
         assert!((p.fraction() - 0.75).abs() < 1e-9);
         assert_eq!(p.fps, None);
-        for bad in ["", "Encoding: task x of 1, 1 %", "Muxing: this may take awhile...", "Encoding: task 1 of 1, 101.00 %"] {
+        for bad in [
+            "",
+            "Encoding: task x of 1, 1 %",
+            "Muxing: this may take awhile...",
+            "Encoding: task 1 of 1, 101.00 %",
+        ] {
             assert!(parse_progress(bad).is_none(), "{bad:?}");
         }
     }
@@ -268,7 +281,11 @@ mod tests {
         assert_eq!(scan.titles[0].duration, Duration::from_secs(20));
         assert_eq!(scan.titles[0].chapters, 2);
         assert_eq!(scan.titles[0].size, (720, 480));
-        assert_eq!(scan.main_feature().unwrap().index, 2, "longest title when the disc names none");
+        assert_eq!(
+            scan.main_feature().unwrap().index,
+            2,
+            "longest title when the disc names none"
+        );
         assert!(parse_scan("No title found.\n").is_err());
         assert!(parse_scan("JSON Title Set: {\"TitleList\": 5}").is_err());
     }
@@ -289,6 +306,9 @@ mod tests {
             complaint(&log),
             "hb_stream_open: open garbage.iso failed; scan: unrecognized file type; No title found."
         );
-        assert_eq!(complaint(&["just this".to_owned(), "HandBrake has exited.".to_owned()]), "just this");
+        assert_eq!(
+            complaint(&["just this".to_owned(), "HandBrake has exited.".to_owned()]),
+            "just this"
+        );
     }
 }

@@ -23,7 +23,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// HandBrakeCLI could not be started.
-    #[error("cannot start {program}: {source}; install HandBrakeCLI (apt-get install handbrake-cli) or set [transcode] handbrake")]
+    #[error(
+        "cannot start {program}: {source}; install HandBrakeCLI (apt-get install handbrake-cli) or set [transcode] handbrake"
+    )]
     Start {
         /// The program that was run.
         program: PathBuf,
@@ -96,7 +98,12 @@ pub struct HandBrake {
 
 impl HandBrake {
     /// A HandBrake at `program`, with extra preset files and a directory for its temporary files.
-    pub fn new(program: PathBuf, preset_files: Vec<PathBuf>, tmp_dir: Option<PathBuf>, min_title_secs: u64) -> Self {
+    pub fn new(
+        program: PathBuf,
+        preset_files: Vec<PathBuf>,
+        tmp_dir: Option<PathBuf>,
+        min_title_secs: u64,
+    ) -> Self {
         HandBrake {
             program,
             preset_files,
@@ -154,7 +161,15 @@ impl HandBrake {
         cmd.arg("-i")
             .arg(input)
             // No previews: they cost decode time and the worker never shows them.
-            .args(["--scan", "--json", "-t", "0", "--previews", "1:0", "--min-duration"])
+            .args([
+                "--scan",
+                "--json",
+                "-t",
+                "0",
+                "--previews",
+                "1:0",
+                "--min-duration",
+            ])
             .arg(self.min_title_secs.to_string());
         let child = self.start(&mut cmd)?;
         let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
@@ -166,11 +181,19 @@ impl HandBrake {
                 });
             }
         };
-        let log: Vec<String> = String::from_utf8_lossy(&out.stderr).lines().map(str::to_owned).collect();
+        let log: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_owned)
+            .collect();
         let stdout = String::from_utf8_lossy(&out.stdout);
         // "No title found." goes to stdout or stderr depending on the version.
         let mut all = log;
-        all.extend(stdout.lines().filter(|l| !l.starts_with(' ')).map(str::to_owned));
+        all.extend(
+            stdout
+                .lines()
+                .filter(|l| !l.starts_with(' '))
+                .map(str::to_owned),
+        );
         check_status(out.status, &all)?;
         parse_scan(&stdout).map_err(|message| Error::Scan {
             input: input.to_path_buf(),
@@ -217,7 +240,11 @@ impl HandBrake {
 
         let activity = Arc::new(Mutex::new(Instant::now()));
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
-        let drain = tokio::spawn(drain_stderr(stderr, Arc::clone(&tail), Arc::clone(&activity)));
+        let drain = tokio::spawn(drain_stderr(
+            stderr,
+            Arc::clone(&tail),
+            Arc::clone(&activity),
+        ));
 
         let mut cancel = std::pin::pin!(cancel);
         let mut buf = vec![0u8; 4096];
@@ -319,7 +346,10 @@ async fn stop(child: &mut Child) {
             nix::sys::signal::Signal::SIGINT,
         );
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -330,7 +360,8 @@ fn set_parent_death_signal(cmd: &mut Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
         });
     }
 }
@@ -341,7 +372,12 @@ mod tests {
 
     #[test]
     fn preset_files_come_before_the_preset_name() {
-        let hb = HandBrake::new("HandBrakeCLI".into(), vec!["/p/a.json".into(), "/p/b.json".into()], None, 1);
+        let hb = HandBrake::new(
+            "HandBrakeCLI".into(),
+            vec!["/p/a.json".into(), "/p/b.json".into()],
+            None,
+            1,
+        );
         let args = hb.encode_args(&EncodeRequest {
             input: Path::new("/iso/Feature Disc.iso"),
             title: 3,
@@ -349,12 +385,28 @@ mod tests {
             preset: "My Preset",
             format: "av_mkv",
         });
-        let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             args,
             [
-                "--preset-import-file", "/p/a.json", "/p/b.json", "-Z", "My Preset", "-i", "/iso/Feature Disc.iso",
-                "-t", "3", "--min-duration", "0", "-o", "/media/.x.tmp", "-f", "av_mkv"
+                "--preset-import-file",
+                "/p/a.json",
+                "/p/b.json",
+                "-Z",
+                "My Preset",
+                "-i",
+                "/iso/Feature Disc.iso",
+                "-t",
+                "3",
+                "--min-duration",
+                "0",
+                "-o",
+                "/media/.x.tmp",
+                "-f",
+                "av_mkv"
             ]
         );
     }

@@ -7,10 +7,12 @@ use crate::Error;
 /// Open a connection named `name` (shown in the broker's management UI) to `url`.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await.map_err(|source| Error::Connect {
-        url: mask_url(url),
-        source,
-    })
+    Connection::connect(url, props)
+        .await
+        .map_err(|source| Error::Connect {
+            url: mask_url(url),
+            source,
+        })
 }
 
 /// The URL with its password replaced by `***`, for logs and messages.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 use rafty_core::names::{
@@ -85,7 +87,9 @@ impl Incoming {
         let headers = delivery.properties.headers().as_ref();
         let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
         let job = Job::decode(kind, &delivery.data);
-        let attempt = header_int(headers, HEADER_ATTEMPT).unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let attempt = header_int(headers, HEADER_ATTEMPT)
+            .unwrap_or(0)
+            .clamp(0, i64::from(u32::MAX)) as u32;
         let routing_key = header_str(headers, HEADER_ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
         Incoming {
@@ -93,7 +97,11 @@ impl Incoming {
             attempt,
             routing_key,
             redelivered: delivery.redelivered,
-            message_id: delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned()),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned()),
             delivery,
         }
     }
@@ -184,7 +192,9 @@ pub async fn settle(
                 Class::Retryable if topology.retry_queue_for(incoming.attempt).is_some() => {
                     let queue = topology.retry_queue_for(incoming.attempt).expect("checked");
                     let props = copy_properties(incoming, incoming.attempt + 1, &[]);
-                    publisher.publish("", &queue, &incoming.delivery.data, props, true).await?;
+                    publisher
+                        .publish("", &queue, &incoming.delivery.data, props, true)
+                        .await?;
                     ack(incoming).await?;
                     Settled::Retried(queue)
                 }
@@ -265,10 +275,21 @@ async fn ack(incoming: &Incoming) -> Result<(), Error> {
 fn copy_properties(incoming: &Incoming, attempt: u32, extra: &[(&str, &str)]) -> BasicProperties {
     let props = &incoming.delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(
+        HEADER_ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
     if header_str(Some(&headers), HEADER_ORIGINAL_ROUTING_KEY).is_none() {
-        set_header(&mut headers, HEADER_ORIGINAL_ROUTING_KEY, incoming.delivery.routing_key.as_str());
-        set_header(&mut headers, HEADER_ORIGINAL_EXCHANGE, incoming.delivery.exchange.as_str());
+        set_header(
+            &mut headers,
+            HEADER_ORIGINAL_ROUTING_KEY,
+            incoming.delivery.routing_key.as_str(),
+        );
+        set_header(
+            &mut headers,
+            HEADER_ORIGINAL_EXCHANGE,
+            incoming.delivery.exchange.as_str(),
+        );
     }
     for (k, v) in extra {
         set_header(&mut headers, k, v);
@@ -276,7 +297,10 @@ fn copy_properties(incoming: &Incoming, attempt: u32, extra: &[(&str, &str)]) ->
     // The broker's own death records describe earlier hops; a copy starts a new history.
     let mut clean = FieldTable::default();
     for (k, v) in headers.inner() {
-        if !k.as_str().starts_with("x-death") && !k.as_str().starts_with("x-first-death") && !k.as_str().starts_with("x-last-death") {
+        if !k.as_str().starts_with("x-death")
+            && !k.as_str().starts_with("x-first-death")
+            && !k.as_str().starts_with("x-last-death")
+        {
             clean.insert(k.clone(), v.clone());
         }
     }
@@ -290,7 +314,11 @@ enum SessionEnd {
 
 /// Consume the work queue until `shutdown.drain` or `--max-jobs`; reconnect with capped backoff when the
 /// connection drops. Returns what was done.
-pub async fn run_worker<P: Processor>(opts: &WorkerOptions, processor: &P, shutdown: &Shutdown) -> Result<Stats, Error> {
+pub async fn run_worker<P: Processor>(
+    opts: &WorkerOptions,
+    processor: &P,
+    shutdown: &Shutdown,
+) -> Result<Stats, Error> {
     let mut stats = Stats::default();
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -382,9 +410,12 @@ async fn session<P: Processor>(
             // more, so no other job is delivered here only to be handed back when the channel closes.
             let last = opts.max_jobs.is_some_and(|max| stats.settled + 1 >= max);
             if last || shutdown.drain.is_cancelled() {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                let _ = channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
             }
-            let settled = settle(outcome, &incoming, &publisher, &opts.topology, &opts.host).await?;
+            let settled =
+                settle(outcome, &incoming, &publisher, &opts.topology, &opts.host).await?;
             stats.settled += 1;
             match &settled {
                 Settled::Done => stats.done += 1,
@@ -406,5 +437,9 @@ async fn session<P: Processor>(
 }
 
 async fn close(conn: &Connection) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "worker stopping".into())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        conn.close(200, "worker stopping".into()),
+    )
+    .await;
 }

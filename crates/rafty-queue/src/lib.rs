@@ -15,7 +15,9 @@ pub mod publisher;
 pub mod topology;
 
 pub use connection::{connect, mask_url};
-pub use consumer::{Incoming, Outcome, Processor, Shutdown, Stats, WorkerOptions, run_worker, settle};
+pub use consumer::{
+    Incoming, Outcome, Processor, Shutdown, Stats, WorkerOptions, run_worker, settle,
+};
 pub use publisher::{PublishError, Publisher};
 pub use topology::{Topology, declare};
 

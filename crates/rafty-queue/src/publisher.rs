@@ -6,14 +6,18 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use rafty_core::Job;
-use rafty_core::names::{CONTENT_TYPE_JSON, EVENTS_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE, event_routing_key};
+use rafty_core::names::{
+    CONTENT_TYPE_JSON, EVENTS_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE, event_routing_key,
+};
 use time::OffsetDateTime;
 
 /// Why a publish did not make it.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The broker negatively acknowledged the message (it could not store it).
-    #[error("the broker refused the message to {exchange} [{routing_key}] (nack); it was not stored")]
+    #[error(
+        "the broker refused the message to {exchange} [{routing_key}] (nack); it was not stored"
+    )]
     Nacked {
         /// Target exchange.
         exchange: String,
@@ -21,7 +25,9 @@ pub enum PublishError {
         routing_key: String,
     },
     /// No queue is bound for the routing key; the broker returned the message.
-    #[error("no queue takes messages to {exchange} [{routing_key}]: the broker returned it ({reply})")]
+    #[error(
+        "no queue takes messages to {exchange} [{routing_key}]: the broker returned it ({reply})"
+    )]
     Returned {
         /// Target exchange.
         exchange: String,
@@ -62,11 +68,18 @@ pub struct Publisher {
 
 impl Publisher {
     /// Open a confirm-mode channel on `conn`. `app_id` is stamped on every message.
-    pub async fn open(conn: &Connection, app_id: &str, confirm_timeout: Duration) -> Result<Self, crate::Error> {
-        let channel = conn.create_channel().await.map_err(|source| crate::Error::Amqp {
-            what: "opening the publish channel",
-            source,
-        })?;
+    pub async fn open(
+        conn: &Connection,
+        app_id: &str,
+        confirm_timeout: Duration,
+    ) -> Result<Self, crate::Error> {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|source| crate::Error::Amqp {
+                what: "opening the publish channel",
+                source,
+            })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -89,7 +102,10 @@ impl Publisher {
     /// The properties of a job message (DESIGN.md, "The job message").
     pub fn job_properties(&self, job: &Job, attempt: u32) -> BasicProperties {
         let mut headers = FieldTable::default();
-        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        headers.insert(
+            HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(attempt)),
+        );
         BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
@@ -101,14 +117,24 @@ impl Publisher {
     }
 
     /// Publish a job (persistent, mandatory) and wait for the broker's confirm.
-    pub async fn publish_job(&self, exchange: &str, routing_key: &str, job: &Job) -> Result<(), PublishError> {
+    pub async fn publish_job(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        job: &Job,
+    ) -> Result<(), PublishError> {
         let props = self.job_properties(job, 0);
-        self.publish(exchange, routing_key, &job.to_json(), props, true).await
+        self.publish(exchange, routing_key, &job.to_json(), props, true)
+            .await
     }
 
     /// Publish an event on the events exchange (`rafty.transcode.<kind>`), confirmed. Events are not
     /// mandatory: nobody has to listen.
-    pub async fn publish_event(&self, kind: &str, body: &serde_json::Value) -> Result<(), PublishError> {
+    pub async fn publish_event(
+        &self,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), PublishError> {
         let props = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
@@ -116,8 +142,14 @@ impl Publisher {
             .with_app_id(self.app_id.as_str().into())
             .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64);
         let body = serde_json::to_vec(body).expect("events serialize");
-        self.publish(EVENTS_EXCHANGE, &event_routing_key(kind), &body, props, false)
-            .await
+        self.publish(
+            EVENTS_EXCHANGE,
+            &event_routing_key(kind),
+            &body,
+            props,
+            false,
+        )
+        .await
     }
 
     /// Publish anything and wait for the confirm. With `mandatory`, an unroutable message is an error.
@@ -160,11 +192,13 @@ impl Publisher {
             })??;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(PublishError::Returned {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-                reply: format!("{} {}", returned.reply_code, returned.reply_text.as_str()),
-            }),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(PublishError::Returned {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                    reply: format!("{} {}", returned.reply_code, returned.reply_text.as_str()),
+                })
+            }
             Confirmation::Nack(None) => Err(PublishError::Nacked {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),

@@ -7,7 +7,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use rafty_core::config::format_duration;
 use rafty_core::names::{
-    DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE, retry_queue, rip_routing_key,
+    DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE, retry_queue,
+    rip_routing_key,
 };
 use rafty_core::{Media, config::TranscodeConfig};
 
@@ -105,7 +106,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Error
     queue(
         WORK_QUEUE.to_owned(),
         quorum_args(&[
-            ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(topology.delivery_limit))),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+            ),
             ("x-dead-letter-exchange", long(DEAD_EXCHANGE)),
             at_least_once[0].clone(),
             at_least_once[1].clone(),
@@ -117,7 +121,10 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Error
         queue(
             name,
             quorum_args(&[
-                ("x-message-ttl", AMQPValue::LongLongInt(delay.as_millis() as i64)),
+                (
+                    "x-message-ttl",
+                    AMQPValue::LongLongInt(delay.as_millis() as i64),
+                ),
                 ("x-dead-letter-exchange", long("")),
                 ("x-dead-letter-routing-key", long(WORK_QUEUE)),
                 at_least_once[0].clone(),
@@ -156,12 +163,25 @@ mod tests {
     #[test]
     fn rung_names_follow_the_delays() {
         let t = Topology {
-            retry_delays: vec![Duration::from_secs(30), Duration::from_secs(300), Duration::from_millis(1500)],
+            retry_delays: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(300),
+                Duration::from_millis(1500),
+            ],
             delivery_limit: 5,
         };
-        assert_eq!(t.retry_queue_for(0).as_deref(), Some("rafty.transcode.retry.30s"));
-        assert_eq!(t.retry_queue_for(1).as_deref(), Some("rafty.transcode.retry.5m"));
-        assert_eq!(t.retry_queue_for(2).as_deref(), Some("rafty.transcode.retry.1500ms"));
+        assert_eq!(
+            t.retry_queue_for(0).as_deref(),
+            Some("rafty.transcode.retry.30s")
+        );
+        assert_eq!(
+            t.retry_queue_for(1).as_deref(),
+            Some("rafty.transcode.retry.5m")
+        );
+        assert_eq!(
+            t.retry_queue_for(2).as_deref(),
+            Some("rafty.transcode.retry.1500ms")
+        );
         assert_eq!(t.retry_queue_for(3), None);
     }
 }

@@ -90,10 +90,16 @@ impl Amqp {
                 .await
                 .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
             let ch = conn.create_channel().await.expect("channel");
-            ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirms");
             (conn, ch)
         });
-        Amqp { rt, _conn: conn, ch }
+        Amqp {
+            rt,
+            _conn: conn,
+            ch,
+        }
     }
 
     /// Take one message from `queue` (acked), if there is one.
@@ -109,13 +115,22 @@ impl Amqp {
                 .properties
                 .headers()
                 .as_ref()
-                .map(|h| h.inner().iter().map(|(k, v)| (k.as_str().to_owned(), show(v))).collect())
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), show(v)))
+                        .collect()
+                })
                 .unwrap_or_default();
             let msg = Message {
                 routing_key: d.routing_key.as_str().to_owned(),
                 body: d.data.clone(),
                 headers,
-                message_id: d.properties.message_id().as_ref().map(|m| m.as_str().to_owned()),
+                message_id: d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str().to_owned()),
             };
             d.acker.ack(BasicAckOptions::default()).await.expect("ack");
             Some(msg)
@@ -124,7 +139,9 @@ impl Amqp {
 
     /// Wait up to `timeout` for a message on `queue`.
     pub fn wait_get(&self, queue: &str, timeout: Duration) -> Message {
-        crate::wait_for(&format!("a message on {queue}"), timeout, || self.get(queue))
+        crate::wait_for(&format!("a message on {queue}"), timeout, || {
+            self.get(queue)
+        })
     }
 
     /// Messages ready in `queue` and its consumers (passive declare).
@@ -165,7 +182,10 @@ impl Amqp {
                 .expect("publish")
                 .await
                 .expect("confirm");
-            assert!(c.is_ack() && c.take_message().is_none(), "the broker did not take the message");
+            assert!(
+                c.is_ack() && c.take_message().is_none(),
+                "the broker did not take the message"
+            );
         })
     }
 
@@ -215,16 +235,29 @@ impl Amqp {
     }
 
     /// Wait for an event whose routing key ends with `.{kind}` and whose body satisfies `pred`.
-    pub fn wait_event(&self, tap: &EventTap, kind: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_event(
+        &self,
+        tap: &EventTap,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let suffix = format!(".{kind}");
-        if let Some((_, v)) = tap.seen.borrow().iter().find(|(k, v)| k.ends_with(&suffix) && pred(v)) {
+        if let Some((_, v)) = tap
+            .seen
+            .borrow()
+            .iter()
+            .find(|(k, v)| k.ends_with(&suffix) && pred(v))
+        {
             return v.clone();
         }
         let start = Instant::now();
         loop {
             while let Some(m) = self.get(&tap.queue) {
                 let v = m.json();
-                tap.seen.borrow_mut().push((m.routing_key.clone(), v.clone()));
+                tap.seen
+                    .borrow_mut()
+                    .push((m.routing_key.clone(), v.clone()));
                 if m.routing_key.ends_with(&suffix) && pred(&v) {
                     return v;
                 }
@@ -232,7 +265,11 @@ impl Amqp {
             assert!(
                 start.elapsed() < timeout,
                 "no {kind} event within {timeout:?}; saw: {:?}",
-                tap.seen.borrow().iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+                tap.seen
+                    .borrow()
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -40,7 +40,8 @@ impl Broker {
             .map(|i| 20000 + (seed.wrapping_mul(7).wrapping_add(i * 13)) % 9000)
             .find(|&p| port_free(p) && port_free(p + 10000) && port_free(p + 11000))
             .expect("a free port for the broker");
-        let dir = std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let broker = Broker { dir, port };
         broker.boot();
@@ -69,7 +70,11 @@ impl Broker {
             .arg(&self.dir)
             .output()
             .expect("run scripts/rafty-broker");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Start a stopped node again on the same port with the same data.
@@ -86,13 +91,15 @@ impl Broker {
             stop = shell_quote(&script("rafty-broker")),
             dir = shell_quote(&self.dir),
         );
-        Command::new("setsid")
-            .args(["sh", "-c", &reaper])
+        // `setsid -f` forks the reaper into its own session and returns at once.
+        let status = Command::new("setsid")
+            .args(["-f", "sh", "-c", &reaper])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the broker reaper");
+        assert!(status.success(), "setsid failed: {status}");
     }
 
     /// The AMQP port.
@@ -130,7 +137,10 @@ impl Broker {
         let name = format!("{test}-{n}");
         self.ctl(&["add_vhost", &name]);
         self.ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        format!("amqp://guest:guest@127.0.0.1:{}/{name}?heartbeat=5", self.port)
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/{name}?heartbeat=5",
+            self.port
+        )
     }
 
     /// URL of the default vhost.

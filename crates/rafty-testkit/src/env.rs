@@ -50,7 +50,12 @@ impl Env {
 
     /// Write a config file: short retry rungs, a fast preset, and `overrides` for `[transcode]` keys
     /// (values in TOML syntax).
-    pub fn write_config(&self, name: &str, host: Option<&str>, overrides: &[(&str, &str)]) -> PathBuf {
+    pub fn write_config(
+        &self,
+        name: &str,
+        host: Option<&str>,
+        overrides: &[(&str, &str)],
+    ) -> PathBuf {
         let mut t: BTreeMap<&str, String> = BTreeMap::new();
         t.insert("output-dir", toml_str(&self.media_dir));
         t.insert("scratch-dir", toml_str(&self.path().join("scratch")));
@@ -66,7 +71,10 @@ impl Env {
             text.push_str(&format!("host = \"{h}\"\n"));
         }
         text.push_str(&format!("[broker]\nurl = \"{}\"\n", self.url));
-        text.push_str(&format!("[rip]\niso-dir = {}\n[transcode]\n", toml_str(&self.iso_dir)));
+        text.push_str(&format!(
+            "[rip]\niso-dir = {}\n[transcode]\n",
+            toml_str(&self.iso_dir)
+        ));
         for (k, v) in t {
             text.push_str(&format!("{k} = {v}\n"));
         }
@@ -115,7 +123,9 @@ impl Env {
     /// Start `transcoded` through a wrapper command (e.g. `unshare`), which must exec it with the
     /// arguments appended.
     pub fn worker_with(&self, mut cmd: Command, config: &Path, args: &[&str]) -> Worker {
-        let n = std::fs::read_dir(self.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(self.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
         let log = self.path().join(format!("worker-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd
@@ -142,7 +152,11 @@ impl Env {
     /// Every file name in the media directory, hidden ones included, sorted.
     pub fn media_files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.media_dir)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -150,7 +164,13 @@ impl Env {
 }
 
 fn toml_str(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
+    format!(
+        "\"{}\"",
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    )
 }
 
 /// A running `transcoded`; killed when dropped.
@@ -167,7 +187,8 @@ impl Worker {
 
     /// Send a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("signal the worker");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal the worker");
     }
 
     /// Its process id.
@@ -189,7 +210,10 @@ impl Worker {
             }
             if start.elapsed() > timeout {
                 let _ = self.child.kill();
-                panic!("transcoded did not exit within {timeout:?}; its log:\n{}", self.log());
+                panic!(
+                    "transcoded did not exit within {timeout:?}; its log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -199,7 +223,11 @@ impl Worker {
     pub fn wait_log(&mut self, text: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.log().contains(text) {
-            assert!(self.running(), "transcoded exited before logging {text:?}; its log:\n{}", self.log());
+            assert!(
+                self.running(),
+                "transcoded exited before logging {text:?}; its log:\n{}",
+                self.log()
+            );
             assert!(
                 start.elapsed() < timeout,
                 "transcoded did not log {text:?} within {timeout:?}; its log:\n{}",

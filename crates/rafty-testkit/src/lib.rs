@@ -44,7 +44,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // A test runs from target/<profile>/deps/, a tool such as rafty-bench from target/<profile>/.
     let here = exe.parent().expect("a directory");
-    let dir = if here.ends_with("deps") { here.parent().expect("target/<profile>") } else { here };
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -61,7 +65,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -80,7 +80,9 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
 }
 
 /// Connect, open a confirming publisher and declare the topology: what every command starts with.
-pub(crate) async fn open(loaded: &Loaded) -> Result<(lapin::Connection, Publisher, String), Failure> {
+pub(crate) async fn open(
+    loaded: &Loaded,
+) -> Result<(lapin::Connection, Publisher, String), Failure> {
     let url = loaded
         .amqp_url()
         .map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
@@ -89,21 +91,31 @@ pub(crate) async fn open(loaded: &Loaded) -> Result<(lapin::Connection, Publishe
         .map_err(|e| {
             Failure::new(
                 EXIT_UNAVAILABLE,
-                format!("{e}\nIs RabbitMQ running there? Set [broker] url in {} or RAFTY_AMQP_URL.", loaded.source_name()),
+                format!(
+                    "{e}\nIs RabbitMQ running there? Set [broker] url in {} or RAFTY_AMQP_URL.",
+                    loaded.source_name()
+                ),
             )
         })?;
     let timeout = loaded.config.broker.confirm_timeout;
     let publisher = Publisher::open(&conn, "raftyctl", timeout)
         .await
         .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
-    declare(publisher.channel(), &Topology::from_config(&loaded.config.transcode))
-        .await
-        .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
+    declare(
+        publisher.channel(),
+        &Topology::from_config(&loaded.config.transcode),
+    )
+    .await
+    .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
     Ok((conn, publisher, mask_url(&url)))
 }
 
 pub(crate) async fn close(conn: &lapin::Connection) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "raftyctl done".into())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        conn.close(200, "raftyctl done".into()),
+    )
+    .await;
 }
 
 async fn setup(loaded: &Loaded) -> Result<(), Failure> {
@@ -114,7 +126,9 @@ async fn setup(loaded: &Loaded) -> Result<(), Failure> {
         .filter_map(|i| topology.retry_queue_for(i))
         .collect();
     println!("topology declared on {url}");
-    println!("  exchanges: {RIP_EXCHANGE} (topic), {EVENTS_EXCHANGE} (topic), {DEAD_QUEUE} (fanout)");
+    println!(
+        "  exchanges: {RIP_EXCHANGE} (topic), {EVENTS_EXCHANGE} (topic), {DEAD_QUEUE} (fanout)"
+    );
     println!(
         "  queues:    {WORK_QUEUE} (delivery limit {}), {}, {DEAD_QUEUE}",
         topology.delivery_limit,

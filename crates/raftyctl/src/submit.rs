@@ -58,8 +58,12 @@ pub fn parse_titles(s: &str) -> Result<TitleSelection, String> {
     }
     let list: Result<Vec<u32>, _> = s.split(',').map(|n| n.trim().parse::<u32>()).collect();
     match list {
-        Ok(list) if !list.is_empty() && list.iter().all(|&n| (1..=999).contains(&n)) => Ok(TitleSelection::List(list)),
-        _ => Err(format!("{s:?}: expected main-feature, a list like 1,3 or min=SECS")),
+        Ok(list) if !list.is_empty() && list.iter().all(|&n| (1..=999).contains(&n)) => {
+            Ok(TitleSelection::List(list))
+        }
+        _ => Err(format!(
+            "{s:?}: expected main-feature, a list like 1,3 or min=SECS"
+        )),
     }
 }
 
@@ -71,7 +75,10 @@ struct Checked {
 
 pub(crate) async fn submit(loaded: &Loaded, args: SubmitArgs) -> Result<(), Failure> {
     if args.name.is_some() && args.isos.len() > 1 {
-        return Err(Failure::new(EXIT_DATAERR, "--name applies to one image; submit the images one by one"));
+        return Err(Failure::new(
+            EXIT_DATAERR,
+            "--name applies to one image; submit the images one by one",
+        ));
     }
     let mut checked = Vec::new();
     let mut problems = Vec::new();
@@ -111,12 +118,17 @@ pub(crate) async fn submit(loaded: &Loaded, args: SubmitArgs) -> Result<(), Fail
                     (PublishError::Returned { .. }, Media::Data) => {
                         "\nworkers only take dvd and bluray images; if this is one, pass --media dvd or --media bluray"
                     }
-                    (PublishError::Returned { .. }, _) => "\nrun `raftyctl setup` to (re)create the bindings",
+                    (PublishError::Returned { .. }, _) => {
+                        "\nrun `raftyctl setup` to (re)create the bindings"
+                    }
                     _ => "",
                 };
                 result = Err(Failure::new(
                     code,
-                    format!("{}: not submitted: {e} (broker {url}){hint}", c.shown.display()),
+                    format!(
+                        "{}: not submitted: {e} (broker {url}){hint}",
+                        c.shown.display()
+                    ),
                 ));
                 break;
             }
@@ -130,7 +142,9 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
     let shown = iso.display();
     let meta = std::fs::metadata(iso).map_err(|e| format!("{shown}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("{shown}: not a regular file; give the path of a disc image (.iso)"));
+        return Err(format!(
+            "{shown}: not a regular file; give the path of a disc image (.iso)"
+        ));
     }
     File::open(iso).map_err(|e| format!("{shown}: cannot be read: {e}"))?;
     let real = std::fs::canonicalize(iso).map_err(|e| format!("{shown}: {e}"))?;
@@ -139,7 +153,8 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
         let r = std::fs::canonicalize(r).unwrap_or_else(|_| r.clone());
         real.starts_with(r)
     });
-    let info = read_disc_info(&real).map_err(|e| format!("{shown}: cannot read its descriptors: {e}"))?;
+    let info =
+        read_disc_info(&real).map_err(|e| format!("{shown}: cannot read its descriptors: {e}"))?;
     let media = match (args.media, info.media) {
         (Some(m), _) => m,
         (None, Some(m)) => m,
@@ -159,14 +174,17 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
         None => real
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .ok_or_else(|| format!("{shown}: no file name to name the output after; pass --name"))?,
+            .ok_or_else(|| {
+                format!("{shown}: no file name to name the output after; pass --name")
+            })?,
     };
     validate_output_name(&name).map_err(|e| format!("{shown}: {e}; pass --name"))?;
 
     let path = if inside {
         real
     } else if args.copy {
-        copy_into(&real, &loaded.config.rip.iso_dir).map_err(|e| format!("{shown}: --copy failed: {e}"))?
+        copy_into(&real, &loaded.config.rip.iso_dir)
+            .map_err(|e| format!("{shown}: --copy failed: {e}"))?
     } else {
         let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         return Err(format!(
@@ -203,15 +221,24 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
 /// replace an existing image.
 fn copy_into(src: &Path, dir: &Path) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let name = src.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let name = src
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
     let dest = dir.join(name);
     if dest.exists() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} already exists; submit that file, or rename one of them", dest.display()),
+            format!(
+                "{} already exists; submit that file, or rename one of them",
+                dest.display()
+            ),
         ));
     }
-    let temp = dir.join(format!(".{}.{}.copying", name.to_string_lossy(), std::process::id()));
+    let temp = dir.join(format!(
+        ".{}.{}.copying",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let copy = || -> io::Result<()> {
         std::fs::copy(src, &temp)?;
         File::open(&temp)?.sync_all()?;
@@ -221,7 +248,7 @@ fn copy_into(src: &Path, dir: &Path) -> io::Result<PathBuf> {
     copy().inspect_err(|_| {
         let _ = std::fs::remove_file(&temp);
     })?;
-    Ok(std::fs::canonicalize(&dest)?)
+    std::fs::canonicalize(&dest)
 }
 
 fn sha256_file(path: &Path) -> io::Result<String> {
@@ -235,7 +262,11 @@ fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -244,9 +275,18 @@ mod tests {
 
     #[test]
     fn titles_flag() {
-        assert_eq!(parse_titles("main-feature").unwrap(), TitleSelection::MainFeature);
-        assert_eq!(parse_titles("1, 3").unwrap(), TitleSelection::List(vec![1, 3]));
-        assert_eq!(parse_titles("min=600").unwrap(), TitleSelection::MinDuration { secs: 600 });
+        assert_eq!(
+            parse_titles("main-feature").unwrap(),
+            TitleSelection::MainFeature
+        );
+        assert_eq!(
+            parse_titles("1, 3").unwrap(),
+            TitleSelection::List(vec![1, 3])
+        );
+        assert_eq!(
+            parse_titles("min=600").unwrap(),
+            TitleSelection::MinDuration { secs: 600 }
+        );
         for bad in ["", "0", "1,,2", "min=x", "all"] {
             assert!(parse_titles(bad).is_err(), "{bad:?}");
         }

@@ -33,7 +33,10 @@ fn submit_names_a_missing_file_and_submits_nothing() {
     let out = raftyctl(&cfg, &["submit", "/no/such/Feature Disc.iso"]);
     assert_eq!(out.status.code(), Some(65));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/no/such/Feature Disc.iso") && err.contains("nothing was submitted"), "{err}");
+    assert!(
+        err.contains("/no/such/Feature Disc.iso") && err.contains("nothing was submitted"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -44,10 +47,16 @@ fn submit_outside_the_source_roots_suggests_copy() {
     let cfg = config(dir.path(), &root);
     let outside = dir.path().join("elsewhere.iso");
     std::fs::write(&outside, vec![0u8; 4096]).unwrap();
-    let out = raftyctl(&cfg, &["submit", "--media", "dvd", outside.to_str().unwrap()]);
+    let out = raftyctl(
+        &cfg,
+        &["submit", "--media", "dvd", outside.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(65));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("elsewhere.iso") && err.contains("--copy"), "{err}");
+    assert!(
+        err.contains("elsewhere.iso") && err.contains("--copy"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,9 +66,17 @@ fn an_unreachable_broker_is_exit_69_with_the_masked_url() {
     let iso = dir.path().join("x.iso");
     std::fs::write(&iso, vec![0u8; 4096]).unwrap();
     let out = raftyctl(&cfg, &["submit", "--media", "dvd", iso.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("127.0.0.1:1") && err.contains("guest:***@") && !err.contains("guest:guest"), "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("guest:***@") && !err.contains("guest:guest"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "no job id printed");
 }
 
@@ -71,5 +88,8 @@ fn an_unknown_config_key_is_named_with_the_file() {
     let out = raftyctl(&cfg, &["setup"]);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("typo.toml") && err.contains("output-dri"), "{err}");
+    assert!(
+        err.contains("typo.toml") && err.contains("output-dri"),
+        "{err}"
+    );
 }

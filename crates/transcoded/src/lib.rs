@@ -43,7 +43,9 @@ pub enum StartError {
 /// Run the worker until `shutdown` drains it or `--max-jobs` is reached.
 pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> anyhow::Result<Stats> {
     let config = &loaded.config;
-    let url = loaded.amqp_url().map_err(|e| StartError::Config(e.to_string()))?;
+    let url = loaded
+        .amqp_url()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let t = &config.transcode;
     let handbrake = HandBrake::new(
         t.handbrake.clone(),

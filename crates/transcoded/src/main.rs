@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         }
     };
     // One thread is plenty: HandBrake does the work in its own process, and it keeps idle memory low.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -56,7 +59,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let options = RunOptions { max_jobs: cli.max_jobs };
+        let options = RunOptions {
+            max_jobs: cli.max_jobs,
+        };
         match run(loaded, options, shutdown).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {

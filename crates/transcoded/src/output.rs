@@ -73,7 +73,10 @@ impl Sidecar {
 
 /// Path of the sidecar of `output`.
 pub fn sidecar_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().expect("outputs have a file name").to_os_string();
+    let mut name = output
+        .file_name()
+        .expect("outputs have a file name")
+        .to_os_string();
     name.push(SIDECAR_SUFFIX);
     output.with_file_name(name)
 }
@@ -84,7 +87,7 @@ pub enum Existing {
     /// Nothing there (or a sidecar whose video never got linked): encode.
     Absent,
     /// The same work is already done: skip.
-    Done(Sidecar),
+    Done(Box<Sidecar>),
 }
 
 /// Look at what is at `output` now: done by the same work, absent, or someone else's file.
@@ -97,7 +100,7 @@ pub fn existing(output: &Path, expected: &Sidecar) -> Result<Existing, Failure> 
         (Err(e), _) if e.kind() == io::ErrorKind::NotFound => Ok(Existing::Absent),
         (Err(e), _) => Err(io_failure(output, &e)),
         (Ok(meta), Some(found)) if found.same_work(expected) && meta.len() == found.output_size => {
-            Ok(Existing::Done(found))
+            Ok(Existing::Done(Box::new(found)))
         }
         (Ok(_), Some(found)) => Err(Failure::OutputConflict(format!(
             "{} already exists, made by job {} from {}; move it away or submit with another output name",
@@ -115,8 +118,15 @@ pub fn existing(output: &Path, expected: &Sidecar) -> Result<Existing, Failure> 
 
 /// A hidden temporary name for an encode of `output`, unique to this job and process.
 pub fn temp_path(output: &Path, job_id: &str) -> PathBuf {
-    let name = output.file_name().expect("outputs have a file name").to_string_lossy();
-    output.with_file_name(format!(".{name}.{}.{}.part", &job_id[..job_id.len().min(8)], std::process::id()))
+    let name = output
+        .file_name()
+        .expect("outputs have a file name")
+        .to_string_lossy();
+    output.with_file_name(format!(
+        ".{name}.{}.{}.part",
+        &job_id[..job_id.len().min(8)],
+        std::process::id()
+    ))
 }
 
 /// Create the temporary file to prove the directory is writable before HandBrake runs.
@@ -142,7 +152,9 @@ pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<(), Failu
         let _ = fs::remove_file(&side_temp);
         io_failure(&side, &e)
     })?;
-    File::open(temp).and_then(|f| f.sync_all()).map_err(|e| io_failure(temp, &e))?;
+    File::open(temp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_failure(temp, &e))?;
     match fs::hard_link(temp, output) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -157,7 +169,9 @@ pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<(), Failu
         Err(e) => return Err(io_failure(output, &e)),
     }
     fs::remove_file(temp).map_err(|e| io_failure(temp, &e))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_failure(dir, &e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_failure(dir, &e))?;
     Ok(())
 }
 
@@ -208,10 +222,22 @@ mod tests {
         assert!(!temp.exists());
         assert_eq!(fs::read(&out).unwrap(), b"abc");
         assert!(matches!(existing(&out, &mine).unwrap(), Existing::Done(_)));
-        assert!(matches!(existing(&out, &sidecar("job-2", 1)).unwrap(), Existing::Done(_)), "same work");
-        assert!(matches!(existing(&out, &sidecar("job-2", 2)), Err(Failure::OutputConflict(_))));
+        assert!(
+            matches!(
+                existing(&out, &sidecar("job-2", 1)).unwrap(),
+                Existing::Done(_)
+            ),
+            "same work"
+        );
+        assert!(matches!(
+            existing(&out, &sidecar("job-2", 2)),
+            Err(Failure::OutputConflict(_))
+        ));
         fs::write(dir.join("b.mkv"), b"x").unwrap();
-        assert!(matches!(existing(&dir.join("b.mkv"), &mine), Err(Failure::OutputConflict(_))));
+        assert!(matches!(
+            existing(&dir.join("b.mkv"), &mine),
+            Err(Failure::OutputConflict(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

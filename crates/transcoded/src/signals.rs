@@ -18,7 +18,10 @@ pub fn shutdown_on_signals(drain_timeout: Duration) -> std::io::Result<Shutdown>
     let s = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        warn!(drain_timeout_secs = drain_timeout.as_secs(), "stop requested: finishing the current job (signal again to stop now)");
+        warn!(
+            drain_timeout_secs = drain_timeout.as_secs(),
+            "stop requested: finishing the current job (signal again to stop now)"
+        );
         s.drain.cancel();
         tokio::select! {
             _ = term.recv() => warn!("second stop request: stopping the current job now"),

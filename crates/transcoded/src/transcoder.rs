@@ -35,7 +35,12 @@ pub struct Transcoder {
 
 impl Transcoder {
     /// A processor for this configuration, using a HandBrake already checked to run.
-    pub fn new(loaded: &Loaded, handbrake: HandBrake, handbrake_version: String, shutdown: Shutdown) -> Self {
+    pub fn new(
+        loaded: &Loaded,
+        handbrake: HandBrake,
+        handbrake_version: String,
+        shutdown: Shutdown,
+    ) -> Self {
         let t = &loaded.config.transcode;
         Transcoder {
             handbrake,
@@ -52,10 +57,21 @@ impl Transcoder {
         }
     }
 
-    async fn run(&self, incoming: &Incoming, events: &Publisher) -> Result<serde_json::Value, Failure> {
-        let job = incoming.job.as_ref().map_err(|e| Failure::BadMessage(e.to_string()))?;
+    async fn run(
+        &self,
+        incoming: &Incoming,
+        events: &Publisher,
+    ) -> Result<serde_json::Value, Failure> {
+        let job = incoming
+            .job
+            .as_ref()
+            .map_err(|e| Failure::BadMessage(e.to_string()))?;
         let started = Instant::now();
-        let preset = job.encode.preset.clone().unwrap_or_else(|| self.default_preset.clone());
+        let preset = job
+            .encode
+            .preset
+            .clone()
+            .unwrap_or_else(|| self.default_preset.clone());
         let source = resolve_source(&job.source.path, &self.path_map, &self.source_roots)?;
         let source_size = std::fs::metadata(&source)
             .map_err(|e| Failure::SourceUnavailable(format!("{}: {e}", source.display())))?
@@ -102,7 +118,9 @@ impl Transcoder {
                     &json!({"id": job.id, "host": self.host, "title": title.index, "output": path, "preset": preset}),
                 )
                 .await;
-            let done = self.encode(job, &source, title, &path, &preset, events, sidecar).await?;
+            let done = self
+                .encode(job, &source, title, &path, &preset, events, sidecar)
+                .await?;
             outputs.push(output_event(&path, &done, false));
         }
         Ok(json!({
@@ -141,7 +159,9 @@ impl Transcoder {
     ) -> Result<Sidecar, Failure> {
         let temp = output::temp_path(path, &job.id.to_string());
         output::prepare(path.parent().expect("output has a directory"), &temp)?;
-        let result = self.encode_to(job, source, title, path, &temp, preset, events, template).await;
+        let result = self
+            .encode_to(job, source, title, path, &temp, preset, events, template)
+            .await;
         if result.is_err() {
             // Never leave a partial behind: HandBrake's cancelled output looks valid.
             let _ = std::fs::remove_file(&temp);
@@ -170,9 +190,14 @@ impl Transcoder {
         };
         info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
         let (tx, mut rx) = tokio::sync::watch::channel(None);
-        let encode = self.handbrake.encode(&request, self.stall_timeout, self.shutdown.abort.cancelled(), |p| {
-            tx.send_replace(Some(p.clone()));
-        });
+        let encode = self.handbrake.encode(
+            &request,
+            self.stall_timeout,
+            self.shutdown.abort.cancelled(),
+            |p| {
+                tx.send_replace(Some(p.clone()));
+            },
+        );
         let announce = async {
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             tick.tick().await;
@@ -181,7 +206,12 @@ impl Transcoder {
                 let latest = rx.borrow_and_update().clone();
                 if let Some(p) = latest {
                     let pct = p.fraction() * 100.0;
-                    info!(percent = format!("{pct:.1}"), fps = p.fps, eta_secs = p.eta.map(|e| e.as_secs()), "progress");
+                    info!(
+                        percent = format!("{pct:.1}"),
+                        fps = p.fps,
+                        eta_secs = p.eta.map(|e| e.as_secs()),
+                        "progress"
+                    );
                     let _ = events
                         .publish_event(
                             "progress",
@@ -198,9 +228,16 @@ impl Transcoder {
         };
         result.map_err(hb_failure)?;
 
-        let scanned = self.handbrake.scan(temp, self.stall_timeout).await.map_err(|e| {
-            Failure::OutputTruncated(format!("HandBrake cannot read its own output {}: {e}", temp.display()))
-        })?;
+        let scanned = self
+            .handbrake
+            .scan(temp, self.stall_timeout)
+            .await
+            .map_err(|e| {
+                Failure::OutputTruncated(format!(
+                    "HandBrake cannot read its own output {}: {e}",
+                    temp.display()
+                ))
+            })?;
         let got = scanned.titles.first().ok_or_else(|| {
             Failure::OutputTruncated(format!("the output of title {} has no video", title.index))
         })?;
@@ -220,7 +257,9 @@ impl Transcoder {
                 title.index, title.audio_tracks
             )));
         }
-        let size = std::fs::metadata(temp).map_err(|e| output::io_failure(temp, &e))?.len();
+        let size = std::fs::metadata(temp)
+            .map_err(|e| output::io_failure(temp, &e))?
+            .len();
         let sidecar = Sidecar {
             output_size: size,
             output_duration_secs: got.duration.as_secs_f64(),
@@ -270,7 +309,11 @@ pub fn output_name(name: &str, title: u32, single: bool, container: Container) -
 }
 
 /// Pick the titles a job asks for from a scan.
-pub fn choose_titles(selection: &TitleSelection, scan: &Scan, source: &Path) -> Result<Vec<Title>, Failure> {
+pub fn choose_titles(
+    selection: &TitleSelection,
+    scan: &Scan,
+    source: &Path,
+) -> Result<Vec<Title>, Failure> {
     let listing = || {
         scan.titles
             .iter()
@@ -306,7 +349,11 @@ pub fn choose_titles(selection: &TitleSelection, scan: &Scan, source: &Path) -> 
     if chosen.is_empty() {
         return Err(Failure::HandBrakeExit {
             code: 2,
-            message: format!("no title of {} matches {selection:?}; its titles are: {}", source.display(), listing()),
+            message: format!(
+                "no title of {} matches {selection:?}; its titles are: {}",
+                source.display(),
+                listing()
+            ),
         });
     }
     Ok(chosen)
@@ -348,17 +395,30 @@ mod tests {
             main_feature: None,
         };
         let src = Path::new("/iso/x.iso");
-        let idx = |sel| choose_titles(&sel, &scan, src).map(|v| v.iter().map(|t| t.index).collect::<Vec<_>>());
+        let idx = |sel| {
+            choose_titles(&sel, &scan, src).map(|v| v.iter().map(|t| t.index).collect::<Vec<_>>())
+        };
         assert_eq!(idx(TitleSelection::MainFeature).unwrap(), [2]);
         assert_eq!(idx(TitleSelection::List(vec![3, 1])).unwrap(), [3, 1]);
-        assert_eq!(idx(TitleSelection::MinDuration { secs: 10 }).unwrap(), [1, 2]);
-        assert!(matches!(idx(TitleSelection::List(vec![9])), Err(Failure::BadMessage(m)) if m.contains("title 9")));
+        assert_eq!(
+            idx(TitleSelection::MinDuration { secs: 10 }).unwrap(),
+            [1, 2]
+        );
+        assert!(
+            matches!(idx(TitleSelection::List(vec![9])), Err(Failure::BadMessage(m)) if m.contains("title 9"))
+        );
         assert!(idx(TitleSelection::MinDuration { secs: 999 }).is_err());
     }
 
     #[test]
     fn output_names_are_a_function_of_the_job() {
-        assert_eq!(output_name("Feature Disc", 2, true, Container::Mkv), "Feature Disc.mkv");
-        assert_eq!(output_name("Show", 3, false, Container::Mp4), "Show - t03.mp4");
+        assert_eq!(
+            output_name("Feature Disc", 2, true, Container::Mkv),
+            "Feature Disc.mkv"
+        );
+        assert_eq!(
+            output_name("Show", 3, false, Container::Mp4),
+            "Show - t03.mp4"
+        );
     }
 }

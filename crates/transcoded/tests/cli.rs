@@ -15,14 +15,21 @@ fn a_bad_config_exits_78_naming_the_file_and_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("worker.toml") && err.contains("retry-delays"), "{err}");
+    assert!(
+        err.contains("worker.toml") && err.contains("retry-delays"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_handbrake_exits_69_with_the_install_hint() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("worker.toml");
-    std::fs::write(&cfg, "[transcode]\nhandbrake = \"/nonexistent/HandBrakeCLI\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[transcode]\nhandbrake = \"/nonexistent/HandBrakeCLI\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_transcoded"))
         .arg("--config")
         .arg(&cfg)
@@ -30,14 +37,21 @@ fn a_missing_handbrake_exits_69_with_the_install_hint() {
         .unwrap();
     assert_eq!(out.status.code(), Some(69));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/HandBrakeCLI") && err.contains("apt-get install handbrake-cli"), "{err}");
+    assert!(
+        err.contains("/nonexistent/HandBrakeCLI") && err.contains("apt-get install handbrake-cli"),
+        "{err}"
+    );
 }
 
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("worker.toml");
-    std::fs::write(&cfg, "[transcode]\nhandbrake = \"/nonexistent/HandBrakeCLI\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[transcode]\nhandbrake = \"/nonexistent/HandBrakeCLI\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_transcoded"))
         .args(["--log-format", "json", "--config"])
         .arg(&cfg)
@@ -47,7 +61,8 @@ fn json_logs_are_one_object_per_line() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(!lines.is_empty());
     for line in lines {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         assert!(v["level"].is_string(), "{v}");
     }
 }
