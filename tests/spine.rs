@@ -498,3 +498,27 @@ fn two_workers_share_four_jobs() {
         env.media_files()
     );
 }
+
+#[test]
+fn a_data_disc_is_returned_by_the_broker_and_submit_says_so() {
+    let env = env("data");
+    let content = env.path().join("data-disc");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("notes.txt"), "not a video").unwrap();
+    let iso = env.iso_dir.join("backup.iso");
+    let status = Command::new("genisoimage")
+        .args(["-quiet", "-V", "BACKUP", "-o"])
+        .arg(&iso)
+        .arg(&content)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let out = env.raftyctl(&["submit", iso.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "no VIDEO_TS: the media must be given");
+    let out = env.raftyctl(&["submit", "--media", "data", iso.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{err}");
+    assert!(err.contains("backup.iso") && err.contains("returned") && err.contains("--media dvd"), "{err}");
+    assert!(out.stdout.is_empty(), "no job id printed for a job nobody takes");
+}

@@ -93,3 +93,36 @@ fn an_unknown_config_key_is_named_with_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn the_environment_overrides_the_broker_url_and_url_file_keeps_it_off_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("x.iso");
+    std::fs::write(&iso, vec![0u8; 4096]).unwrap();
+    let url_file = dir.path().join("amqp-url");
+    std::fs::write(&url_file, "amqp://rafty:hunter2@127.0.0.1:3/%2f\n").unwrap();
+    let cfg = dir.path().join("rafty.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nurl = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nurl-file = \"{}\"\n[rip]\niso-dir = \"{}\"\n",
+            url_file.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let args = ["submit", "--media", "dvd", iso.to_str().unwrap()];
+    let out = raftyctl(&cfg, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("rafty:***@127.0.0.1:3/") && !err.contains("hunter2"), "url-file wins over url: {err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_raftyctl"))
+        .args(args)
+        .env("RAFTY_CONFIG", &cfg)
+        .env("RAFTY_AMQP_URL", "amqp://guest:guest@127.0.0.1:2/%2f")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:2/"), "RAFTY_AMQP_URL wins: {err}");
+}
