@@ -66,6 +66,7 @@ fn job_for(path: &Path, name: &str) -> Value {
             size: None,
             sha256: None,
             label: None,
+            unreadable_sectors: None,
         },
         name.to_owned(),
         Origin::default(),
@@ -515,10 +516,20 @@ fn a_data_disc_is_returned_by_the_broker_and_submit_says_so() {
     assert!(status.success());
 
     let out = env.raftyctl(&["submit", iso.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(65), "no VIDEO_TS: the media must be given");
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "no VIDEO_TS: the media must be given"
+    );
     let out = env.raftyctl(&["submit", "--media", "data", iso.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(76), "{err}");
-    assert!(err.contains("backup.iso") && err.contains("returned") && err.contains("--media dvd"), "{err}");
-    assert!(out.stdout.is_empty(), "no job id printed for a job nobody takes");
+    assert!(
+        err.contains("backup.iso") && err.contains("returned") && err.contains("--media dvd"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no job id printed for a job nobody takes"
+    );
 }

@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 size: None,
                 sha256: None,
                 label: None,
+                unreadable_sectors: None,
             },
             format!("through-{i}"),
             Origin::default(),

@@ -40,7 +40,8 @@ pub struct Config {
 pub struct BrokerConfig {
     /// AMQP URL, e.g. `amqp://user:password@host:5672/%2f?heartbeat=15`.
     pub url: String,
-    /// A file holding the URL (for credentials kept out of the config, e.g. systemd `LoadCredential=`).
+    /// A file holding the URL, so credentials stay out of the config. A relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` when systemd sets it (`LoadCredential=amqp-url` → `url-file = "amqp-url"`).
     /// Takes precedence over `url`.
     pub url_file: Option<PathBuf>,
     /// How long to wait for the broker to confirm a publish before calling it failed.
@@ -58,20 +59,82 @@ impl Default for BrokerConfig {
     }
 }
 
-/// `[rip]`: where disc images are kept.
+/// `[rip]`: copying discs to images.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RipConfig {
-    /// Directory of disc images; `raftyctl submit --copy` copies into it.
+    /// Directory of disc images; `rip` writes here and `raftyctl submit --copy` copies into it.
     pub iso_dir: PathBuf,
+    /// Directory for the outbox (jobs waiting for the broker) and the per-drive locks.
+    pub spool_dir: PathBuf,
+    /// Drive read when `rip` is given no `--device`.
+    pub device: PathBuf,
+    /// When to eject the disc: `never`, `success`, `failure` or `always`.
+    pub eject: EjectPolicy,
+    /// What to do with a disc that was copied before: `skip` it, or `copy` it again under a new name.
+    pub duplicate: DuplicatePolicy,
+    /// Attempts per unreadable sector before it is given up as bad (for this run).
+    pub read_retries: u32,
+    /// Publish a job even when some sectors could not be read (the job says how many).
+    pub accept_holes: bool,
+    /// How often progress is logged and announced.
+    #[serde(deserialize_with = "de_duration")]
+    pub progress_interval: Duration,
+    /// How long to wait for the broker before the job goes to the outbox instead.
+    #[serde(deserialize_with = "de_duration")]
+    pub broker_timeout: Duration,
 }
 
 impl Default for RipConfig {
     fn default() -> Self {
         RipConfig {
             iso_dir: PathBuf::from("/var/lib/rafty/iso"),
+            spool_dir: PathBuf::from("/var/lib/rafty/spool"),
+            device: PathBuf::from("/dev/sr0"),
+            eject: EjectPolicy::Success,
+            duplicate: DuplicatePolicy::Skip,
+            read_retries: 3,
+            accept_holes: false,
+            progress_interval: Duration::from_secs(10),
+            broker_timeout: Duration::from_secs(15),
         }
     }
+}
+
+/// When `rip` ejects the disc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EjectPolicy {
+    /// Never.
+    Never,
+    /// When the image is complete (or the disc was already copied).
+    Success,
+    /// When the copy failed, so the disc can be cleaned and tried again.
+    Failure,
+    /// Always.
+    Always,
+}
+
+impl EjectPolicy {
+    /// Whether to eject after a run that succeeded (`true`) or failed (`false`).
+    pub fn ejects(self, succeeded: bool) -> bool {
+        match self {
+            EjectPolicy::Never => false,
+            EjectPolicy::Success => succeeded,
+            EjectPolicy::Failure => !succeeded,
+            EjectPolicy::Always => true,
+        }
+    }
+}
+
+/// What `rip` does with a disc it copied before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuplicatePolicy {
+    /// Recognise it, publish nothing, eject.
+    Skip,
+    /// Copy it again under a new name and publish a job.
+    Copy,
 }
 
 /// `[transcode]`: what a worker does with a job.
@@ -228,10 +291,16 @@ impl Loaded {
             return Ok(url.trim().to_owned());
         }
         if let Some(file) = &self.config.broker.url_file {
-            return std::fs::read_to_string(file)
+            // A relative url-file names a systemd credential (LoadCredential=), found in the unit's
+            // own credentials directory, so one config serves every unit.
+            let file = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if file.is_relative() => PathBuf::from(dir).join(file),
+                _ => file.clone(),
+            };
+            return std::fs::read_to_string(&file)
                 .map(|s| s.trim().to_owned())
                 .map_err(|source| ConfigError::UrlFile {
-                    path: file.clone(),
+                    path: file,
                     config: self.source_name(),
                     source,
                 });
@@ -323,11 +392,12 @@ impl Loaded {
     }
 }
 
-/// The host name of this machine (from the kernel), or `localhost` if it cannot be read.
+/// The host name of this machine (gethostname(2), which works under systemd's `ProcSubset=pid`),
+/// or `localhost` if it cannot be read.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }

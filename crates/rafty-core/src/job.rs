@@ -54,6 +54,9 @@ pub struct Source {
     /// Volume label read from the image, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Sectors the ripper could not read (left as zeros), when it was told to accept holes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable_sectors: Option<u64>,
 }
 
 /// Kinds of disc; each has its own routing key `rafty.rip.iso.<media>`.

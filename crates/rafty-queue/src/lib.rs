@@ -11,6 +11,7 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod outbox;
 pub mod publisher;
 pub mod topology;
 
@@ -18,6 +19,7 @@ pub use connection::{connect, mask_url};
 pub use consumer::{
     Incoming, Outcome, Processor, Shutdown, Stats, WorkerOptions, run_worker, settle,
 };
+pub use outbox::{Entry as OutboxEntry, Outbox};
 pub use publisher::{PublishError, Publisher};
 pub use topology::{Topology, declare};
 

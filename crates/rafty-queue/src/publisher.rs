@@ -128,13 +128,15 @@ impl Publisher {
             .await
     }
 
-    /// Publish an event on the events exchange (`rafty.transcode.<kind>`), confirmed. Events are not
-    /// mandatory: nobody has to listen.
-    pub async fn publish_event(
+    /// Publish an event on any exchange (e.g. `rafty.rip.progress` on `rafty.rip`), confirmed, not
+    /// mandatory.
+    pub async fn publish_event_on(
         &self,
-        kind: &str,
+        exchange: &str,
+        routing_key: &str,
         body: &serde_json::Value,
     ) -> Result<(), PublishError> {
+        let kind = routing_key.rsplit('.').next().unwrap_or(routing_key);
         let props = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
@@ -142,14 +144,19 @@ impl Publisher {
             .with_app_id(self.app_id.as_str().into())
             .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64);
         let body = serde_json::to_vec(body).expect("events serialize");
-        self.publish(
-            EVENTS_EXCHANGE,
-            &event_routing_key(kind),
-            &body,
-            props,
-            false,
-        )
-        .await
+        self.publish(exchange, routing_key, &body, props, false)
+            .await
+    }
+
+    /// Publish an event on the events exchange (`rafty.transcode.<kind>`), confirmed. Events are not
+    /// mandatory: nobody has to listen.
+    pub async fn publish_event(
+        &self,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), PublishError> {
+        self.publish_event_on(EVENTS_EXCHANGE, &event_routing_key(kind), body)
+            .await
     }
 
     /// Publish anything and wait for the confirm. With `mandatory`, an unroutable message is an error.

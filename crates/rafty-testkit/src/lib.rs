@@ -14,6 +14,8 @@
 mod amqp;
 mod broker;
 mod env;
+mod faulty;
+pub use faulty::FaultyDisc;
 mod fixtures;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};

@@ -1,4 +1,4 @@
-//! `raftyctl`, Rafty's control tool: declare the topology and submit disc images.
+//! `raftyctl`, Rafty's control tool: declare the topology, submit disc images, deliver rip's outbox.
 //!
 //! `main.rs` parses the command line into [`Cli`] and calls [`run`]; everything a command prints for
 //! scripts goes to stdout, diagnostics to stderr.
@@ -41,6 +41,18 @@ pub enum Command {
     Setup,
     /// Queue disc images for transcoding; prints one job id per image.
     Submit(SubmitArgs),
+    /// Jobs that rip could not publish while the broker was away ([rip] spool-dir/outbox).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+/// `raftyctl outbox` commands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List the jobs waiting: "JOB-ID<TAB>ROUTING-KEY<TAB>IMAGE".
+    List,
+    /// Publish every waiting job (confirmed) and remove it from the outbox; prints the ids sent.
+    Flush,
 }
 
 /// A failure with the exit code that tells scripts what kind it was.
@@ -76,6 +88,46 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
     match cli.command {
         Command::Setup => setup(&loaded).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
+        Command::Outbox(cmd) => outbox(&loaded, cmd).await,
+    }
+}
+
+async fn outbox(loaded: &Loaded, cmd: OutboxCommand) -> Result<(), Failure> {
+    let outbox = rafty_queue::Outbox::new(loaded.config.rip.spool_dir.join("outbox"));
+    match cmd {
+        OutboxCommand::List => {
+            let pending = outbox
+                .pending()
+                .map_err(|e| Failure::new(1, format!("{}: {e}", outbox.dir().display())))?;
+            for (_, entry) in pending {
+                println!(
+                    "{}\t{}\t{}",
+                    entry.job.id,
+                    entry.routing_key,
+                    entry.job.source.path.display()
+                );
+            }
+            Ok(())
+        }
+        OutboxCommand::Flush => {
+            let (conn, publisher, url) = open(loaded).await?;
+            let result = outbox.flush(&publisher).await;
+            close(&conn).await;
+            match result {
+                Ok(flushed) => {
+                    for id in &flushed.sent {
+                        println!("{id}");
+                    }
+                    eprintln!(
+                        "raftyctl: {} delivered to {url}, {} waiting",
+                        flushed.sent.len(),
+                        flushed.left
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(Failure::new(EXIT_UNAVAILABLE, e.to_string())),
+            }
+        }
     }
 }
 

@@ -205,6 +205,7 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
         size: Some(meta.len()),
         sha256,
         label: info.label,
+        unreadable_sectors: None,
     };
     let origin = Origin {
         host: loaded.host(),

@@ -115,7 +115,10 @@ fn the_environment_overrides_the_broker_url_and_url_file_keeps_it_off_the_comman
     let out = raftyctl(&cfg, &args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
-    assert!(err.contains("rafty:***@127.0.0.1:3/") && !err.contains("hunter2"), "url-file wins over url: {err}");
+    assert!(
+        err.contains("rafty:***@127.0.0.1:3/") && !err.contains("hunter2"),
+        "url-file wins over url: {err}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_raftyctl"))
         .args(args)
