@@ -27,3 +27,50 @@ fn a_worker_reconnects_after_the_broker_restarts_and_takes_the_next_job() {
     );
     assert!(env.media_dir.join("after restart.mkv").exists());
 }
+
+#[test]
+fn with_the_broker_down_rip_keeps_the_job_in_the_outbox_and_a_flush_delivers_it_once() {
+    use rafty_core::names::WORK_QUEUE;
+    use rafty_testkit::LoopDevice;
+
+    let broker = Broker::start();
+    let env = Env::new(&broker, "outbox");
+    assert!(env.raftyctl(&["setup"]).status.success());
+    let disc = LoopDevice::attach(&fixture_iso("SMALL", &[12]));
+    broker.stop();
+
+    let out = env.rip(&env.config(), &["--device", disc.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rip exits 0 with the job kept: {err}");
+    assert!(err.contains("job kept in the outbox"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("outbox\t"), "{stdout}");
+    let listed = env.raftyctl(&["outbox", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let id = listed.split('\t').next().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "one job waiting: {listed:?}");
+    assert!(
+        env.iso_dir.join("SMALL.iso").exists(),
+        "the image itself is complete"
+    );
+
+    broker.restart();
+    let flushed = env.raftyctl(&["outbox", "flush"]);
+    assert!(
+        flushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flushed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&flushed.stdout).trim(), id);
+    let again = env.raftyctl(&["outbox", "flush"]);
+    assert!(
+        again.status.success() && again.stdout.is_empty(),
+        "nothing left to send"
+    );
+
+    let amqp = env.amqp();
+    let msg = amqp.get(WORK_QUEUE).expect("delivered");
+    assert_eq!(msg.message_id.as_deref(), Some(id.as_str()));
+    assert_eq!(msg.json()["source"]["label"], "SMALL");
+    assert!(amqp.get(WORK_QUEUE).is_none(), "delivered once");
+}

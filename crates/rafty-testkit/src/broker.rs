@@ -35,9 +35,15 @@ impl Broker {
             "rabbitmq-server is not installed: run `sudo .ci/install-deps`"
         );
         // AMQP port p, distribution p+10000, epmd p+11000 (see scripts/rafty-broker).
-        let seed = std::process::id() as u16;
+        // Each node of this process starts from its own offset, so two started at once never race
+        // for the same port; the pid spreads test binaries apart.
+        static NODES: AtomicU32 = AtomicU32::new(0);
+        let nth = NODES.fetch_add(1, Ordering::SeqCst) as u16;
+        let seed = (std::process::id() as u16)
+            .wrapping_mul(7)
+            .wrapping_add(nth.wrapping_mul(1009));
         let port = (0..2000u16)
-            .map(|i| 20000 + (seed.wrapping_mul(7).wrapping_add(i * 13)) % 9000)
+            .map(|i| 20000 + seed.wrapping_add(i * 13) % 9000)
             .find(|&p| port_free(p) && port_free(p + 10000) && port_free(p + 11000))
             .expect("a free port for the broker");
         let dir =

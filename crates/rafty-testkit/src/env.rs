@@ -48,14 +48,21 @@ impl Env {
         self.path().join("rafty.toml")
     }
 
-    /// Write a config file: short retry rungs, a fast preset, and `overrides` for `[transcode]` keys
-    /// (values in TOML syntax).
+    /// Write a config file: short retry rungs, a fast preset, the spool and ISO directories in the
+    /// test's directory, no eject, and `overrides` for `[transcode]` keys, or `[rip]` keys when
+    /// prefixed with `rip.` (values in TOML syntax).
     pub fn write_config(
         &self,
         name: &str,
         host: Option<&str>,
         overrides: &[(&str, &str)],
     ) -> PathBuf {
+        let mut r: BTreeMap<&str, String> = BTreeMap::new();
+        r.insert("iso-dir", toml_str(&self.iso_dir));
+        r.insert("spool-dir", toml_str(&self.path().join("spool")));
+        r.insert("eject", "\"never\"".into());
+        r.insert("progress-interval", "\"1s\"".into());
+        r.insert("broker-timeout", "\"5s\"".into());
         let mut t: BTreeMap<&str, String> = BTreeMap::new();
         t.insert("output-dir", toml_str(&self.media_dir));
         t.insert("scratch-dir", toml_str(&self.path().join("scratch")));
@@ -64,23 +71,38 @@ impl Env {
         t.insert("stall-timeout", "\"60s\"".into());
         t.insert("drain-timeout", "\"60s\"".into());
         for (k, v) in overrides {
-            t.insert(k, (*v).to_owned());
+            match k.strip_prefix("rip.") {
+                Some(k) => r.insert(k, (*v).to_owned()),
+                None => t.insert(k, (*v).to_owned()),
+            };
         }
         let mut text = String::new();
         if let Some(h) = host {
             text.push_str(&format!("host = \"{h}\"\n"));
         }
         text.push_str(&format!("[broker]\nurl = \"{}\"\n", self.url));
-        text.push_str(&format!(
-            "[rip]\niso-dir = {}\n[transcode]\n",
-            toml_str(&self.iso_dir)
-        ));
-        for (k, v) in t {
-            text.push_str(&format!("{k} = {v}\n"));
+        for (section, keys) in [("rip", r), ("transcode", t)] {
+            text.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
         }
         let path = self.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// Run `rip` with `config` and extra arguments.
+    pub fn rip(&self, config: &Path, args: &[&str]) -> Output {
+        Command::new(bin("rip"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("RAFTY_AMQP_URL")
+            .env_remove("RAFTY_CONFIG")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run rip")
     }
 
     /// Put a fixture into the ISO directory under `name`.

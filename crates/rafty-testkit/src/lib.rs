@@ -17,11 +17,13 @@ mod env;
 mod faulty;
 pub use faulty::FaultyDisc;
 mod fixtures;
+mod loopdev;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};
 pub use broker::{Broker, shared_broker};
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};
+pub use loopdev::LoopDevice;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
