@@ -19,6 +19,8 @@ use rafty_core::{Job, Media};
 use rafty_handbrake::{EncodeRequest, HandBrake};
 use rafty_testkit::{Broker, Env, fixture_iso};
 
+mod rip;
+
 /// Rafty's benchmarks.
 #[derive(Debug, Parser)]
 struct Cli {
@@ -28,6 +30,9 @@ struct Cli {
     /// Write the results as Markdown to this file (e.g. docs/benchmarks.md)
     #[arg(long, value_name = "FILE")]
     write: Option<std::path::PathBuf>,
+    /// Run only one group: `worker` (transcoded vs HandBrakeCLI, idle memory) or `rip` (rip vs dd)
+    #[arg(long, value_name = "GROUP")]
+    only: Option<String>,
 }
 
 const PRESET: &str = "Very Fast 480p30";
@@ -98,6 +103,53 @@ fn main() -> anyhow::Result<()> {
 
     let broker = Broker::start();
     let env = Env::new(&broker, "bench");
+    let mut rows = Vec::new();
+    if cli.only.as_deref() != Some("rip") {
+        rows.extend(worker_rows(&env, title_secs, warmup, reps)?);
+    }
+    if cli.only.as_deref() != Some("worker") {
+        let rip_mib = if cli.quick { 64 } else { 1024 };
+        rows.extend(rip::bench(&env, rip_mib, if cli.quick { 1 } else { 3 })?);
+    }
+    let header = "| figure | Rafty | baseline | ratio | target | |\n|---|---|---|---|---|---|";
+    let machine = format!(
+        "{} cores, {} MiB memory; {}; {}; rustc {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(0)
+            / 1024,
+        version("HandBrakeCLI", &["--version"]),
+        broker_version(&broker),
+        version("rustc", &["--version"]).trim_start_matches("rustc "),
+    );
+    let table = format!("{header}\n{}", rows.join("\n"));
+    println!("\nmachine: {machine}");
+    println!(
+        "title: {title_secs} s NTSC DVD title, preset \"{PRESET}\", median of {reps} after {warmup} warm-up\n"
+    );
+    println!("{table}");
+    if let Some(path) = &cli.write {
+        write_doc(path, &machine, title_secs, warmup, reps, &table)?;
+        eprintln!("rafty-bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The worker group: one job through `transcoded` vs HandBrakeCLI alone, and idle memory.
+fn worker_rows(
+    env: &Env,
+    title_secs: u32,
+    warmup: usize,
+    reps: usize,
+) -> anyhow::Result<Vec<String>> {
     let iso = env.add_iso(&fixture_iso("BENCH", &[title_secs]), "bench.iso");
     let handbrake = HandBrake::new("HandBrakeCLI".into(), vec![], None, 1);
     let amqp = env.amqp();
@@ -173,7 +225,7 @@ fn main() -> anyhow::Result<()> {
     let dc = median(&mut direct_cpu);
     let wc = median(&mut worker_cpu);
     let idle_mib = idle_rss as f64 / 1024.0;
-    let rows = [
+    Ok(vec![
         format!(
             "| one job, wall (s) | {ww:.2} | HandBrakeCLI alone {dw:.2} | {:.3}× | ≤ 1.03× | {} |",
             ww / dw,
@@ -193,37 +245,7 @@ fn main() -> anyhow::Result<()> {
             "| transcoded peak RSS during jobs (MiB) | {:.1} | (HandBrake's own memory not included) | | | |",
             busy_hwm as f64 / 1024.0
         ),
-    ];
-    let header = "| figure | Rafty | baseline | ratio | target | |\n|---|---|---|---|---|---|";
-    let machine = format!(
-        "{} cores, {} MiB memory; {}; {}; rustc {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| m
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok()))
-            .unwrap_or(0)
-            / 1024,
-        version("HandBrakeCLI", &["--version"]),
-        broker_version(&broker),
-        version("rustc", &["--version"]).trim_start_matches("rustc "),
-    );
-    let table = format!("{header}\n{}", rows.join("\n"));
-    println!("\nmachine: {machine}");
-    println!(
-        "title: {title_secs} s NTSC DVD title, preset \"{PRESET}\", median of {reps} after {warmup} warm-up\n"
-    );
-    println!("{table}");
-    if let Some(path) = &cli.write {
-        write_doc(path, &machine, title_secs, warmup, reps, &table)?;
-        eprintln!("rafty-bench: wrote {}", path.display());
-    }
-    Ok(())
+    ])
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -254,6 +276,9 @@ fn write_doc(
          includes the scan of the source, the verification scan of the output, fsync, rename, the sidecar\n\
          and the confirmed event; the baseline is the identical HandBrakeCLI argv run directly.\n\n\
          {table}\n\n\
+         Rip: `rip` copying a loop device (a file of real data, page cache warm) to an image on the\n\
+         same file system, against `dd bs=1M conv=fsync`, `dd bs=2048 conv=fsync` and `ddrescue` + `sync`\n\
+         doing the same; rip also fingerprints the disc, keeps its map, hashes SHA-256 and publishes a job.\n\n\
          ## Reading the figures\n\n\
          The worker's overhead is nearly constant per title (two HandBrake scans of ~0.3 s each, plus a few\n\
          milliseconds of broker round trips and fsyncs), so the ratio falls as titles get longer: a\n\
