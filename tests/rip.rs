@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use rafty_core::names::WORK_QUEUE;
 use rafty_disc::lock::DriveLock;
@@ -44,10 +45,21 @@ fn a_disc_on_a_loop_device_becomes_a_byte_identical_image_and_a_confirmed_job() 
     let env = env("loop");
     let fixture = fixture_iso("FEATURE_DISC", &[20, 12]);
     let disc = LoopDevice::attach(&fixture);
+    let amqp = env.amqp();
+    let events = amqp.tap_on("rafty.rip", "rafty.rip.*");
     let out = env.rip(&env.config(), &["--device", disc.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    let progress = amqp.wait_event(&events, "progress", Duration::from_secs(10), |v| {
+        v["percent"] == 100.0
+    });
+    assert_eq!(
+        progress["total"],
+        std::fs::metadata(&fixture).unwrap().len()
+    );
+    let done = amqp.wait_event(&events, "done", Duration::from_secs(10), |_| true);
     let image = env.iso_dir.join("FEATURE_DISC.iso");
+    assert_eq!(done["image"], image.to_str().unwrap());
     assert_eq!(
         std::fs::read(&image).unwrap(),
         std::fs::read(&fixture).unwrap(),
@@ -60,8 +72,8 @@ fn a_disc_on_a_loop_device_becomes_a_byte_identical_image_and_a_confirmed_job() 
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let id = stdout.split('\t').next().unwrap().trim();
+    assert_eq!(done["job"], id);
 
-    let amqp = env.amqp();
     let msg = amqp.get(WORK_QUEUE).expect("the job is queued");
     assert_eq!(msg.message_id.as_deref(), Some(id));
     assert_eq!(msg.routing_key, "rafty.rip.iso.dvd");

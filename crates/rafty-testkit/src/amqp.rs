@@ -191,6 +191,11 @@ impl Amqp {
 
     /// Bind a fresh exclusive queue to every worker event.
     pub fn tap(&self) -> EventTap {
+        self.tap_on(EVENTS_EXCHANGE, "rafty.transcode.#")
+    }
+
+    /// Bind a fresh exclusive queue to `exchange` (a topic exchange, declared if missing) with `key`.
+    pub fn tap_on(&self, exchange: &str, key: &str) -> EventTap {
         self.rt.block_on(async {
             let q = self
                 .ch
@@ -208,7 +213,7 @@ impl Amqp {
             let name = q.name().as_str().to_owned();
             // The exchange may not exist yet if no Rafty program ran in this vhost.
             let declare = self.ch.exchange_declare(
-                EVENTS_EXCHANGE.into(),
+                exchange.into(),
                 lapin::ExchangeKind::Topic,
                 lapin::options::ExchangeDeclareOptions {
                     durable: true,
@@ -220,8 +225,8 @@ impl Amqp {
             self.ch
                 .queue_bind(
                     name.as_str().into(),
-                    EVENTS_EXCHANGE.into(),
-                    "rafty.transcode.#".into(),
+                    exchange.into(),
+                    key.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
