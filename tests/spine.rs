@@ -533,3 +533,92 @@ fn a_data_disc_is_returned_by_the_broker_and_submit_says_so() {
         "no job id printed for a job nobody takes"
     );
 }
+
+#[test]
+fn dead_letters_are_listed_shown_requeued_after_a_fix_and_purged() {
+    let env = env("deadletter");
+    let cfg = env.write_config("no-ladder.toml", None, &[("retry-delays", "[]")]);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("raftyctl"))
+            .args(args)
+            .env("RAFTY_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(ctl(&["setup"]).0, Some(0));
+    let amqp = env.amqp();
+    let late_path = env.iso_dir.join("late arrival.iso");
+    let late = job_for(&late_path, "late");
+    let mut bad = job_for(&late_path, "bad");
+    bad["output"]["name"] = "../escape".into();
+    publish_job(&amqp, &late);
+    publish_job(&amqp, &bad);
+    let mut worker = env.worker(&cfg, &["--max-jobs", "2"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let (code, list, err) = ctl(&["dead-letter", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    let late_id = late["id"].as_str().unwrap();
+    let late_line = lines
+        .iter()
+        .find(|l| l.starts_with(late_id))
+        .expect("the late job is listed");
+    assert!(
+        late_line.contains("source unavailable") && late_line.contains("retryable"),
+        "{late_line}"
+    );
+    assert!(list.contains("output name \"../escape\""), "{list}");
+
+    let (code, shown, _) = ctl(&["dead-letter", "show", late_id]);
+    assert_eq!(code, Some(0));
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["job"]["source"]["path"], late_path.to_str().unwrap());
+    assert_eq!(shown["routing-key"], "rafty.rip.iso.dvd");
+    assert_eq!(ctl(&["dead-letter", "show", "no-such-id"]).0, Some(65));
+
+    // Fix the cause, send it back: it completes, starting again at attempt 0.
+    std::fs::copy(fixture_iso("SMALL", &[12]), &late_path).unwrap();
+    let tap = amqp.tap();
+    let (code, requeued, err) = ctl(&["dead-letter", "requeue", late_id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(requeued.trim(), late_id);
+    assert_eq!(
+        ctl(&["dead-letter", "list"]).1.lines().count(),
+        1,
+        "the other one is still parked"
+    );
+    let mut worker = env.worker(&cfg, &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| {
+        v["id"] == late_id
+    });
+    assert_eq!(done["attempt"], 0);
+    assert!(env.media_dir.join("late.mkv").exists());
+
+    let mut purge = Command::new(bin("raftyctl"))
+        .args(["dead-letter", "purge"])
+        .env("RAFTY_CONFIG", &cfg)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    purge.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let out = purge.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "declined: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(amqp.counts(DEAD_QUEUE).0, 1);
+    assert_eq!(ctl(&["dead-letter", "purge", "--yes"]).0, Some(0));
+    assert_eq!(amqp.counts(DEAD_QUEUE).0, 0);
+}

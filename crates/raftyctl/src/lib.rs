@@ -3,6 +3,7 @@
 //! `main.rs` parses the command line into [`Cli`] and calls [`run`]; everything a command prints for
 //! scripts goes to stdout, diagnostics to stderr.
 
+pub mod deadletter;
 pub mod submit;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Jobs that rip could not publish while the broker was away ([rip] spool-dir/outbox).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Jobs parked in rafty.transcode.dead: list, show, requeue after a fix, purge.
+    #[command(subcommand, name = "dead-letter")]
+    DeadLetter(deadletter::DeadLetterCommand),
 }
 
 /// `raftyctl outbox` commands.
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
         Command::Setup => setup(&loaded).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
+        Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,
     }
 }
 

@@ -1,0 +1,281 @@
+//! `raftyctl dead-letter`: read, fix and send back the jobs parked in `rafty.transcode.dead`.
+//!
+//! Reading a queue without consuming it: every message is fetched unacknowledged on one channel, the
+//! ones acted on are acked after their copy is confirmed, and closing the channel gives the rest back
+//! to the queue untouched. A requeued job goes to `rafty.rip` with its original routing key, its
+//! failure headers removed and its attempt count back at 0.
+
+use std::io::{BufRead, Write};
+
+use clap::Subcommand;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use rafty_core::config::Loaded;
+use rafty_core::names::{
+    DEAD_QUEUE, HEADER_ATTEMPT, HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_FAILED_AT, HEADER_HOST,
+    HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, RIP_EXCHANGE,
+};
+use serde_json::{Value, json};
+
+use crate::{EXIT_DATAERR, EXIT_UNAVAILABLE, Failure, close, open};
+
+/// `raftyctl dead-letter` commands.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// One line per parked job: id, failed at, attempt, host, class, reason
+    List {
+        /// One JSON object per job instead
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one parked job: its headers and its body
+    Show {
+        /// Job id (message id)
+        id: String,
+    },
+    /// Send parked jobs back to the work queue, attempt count reset (after fixing their cause)
+    Requeue {
+        /// Job ids
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Every parked job
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete every parked job
+    Purge {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A parked job as read from the queue.
+struct Parked {
+    delivery: lapin::message::Delivery,
+}
+
+fn header(props: &BasicProperties, key: &str) -> Option<String> {
+    let table = props.headers().as_ref()?;
+    match table.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongLongInt(i) => Some(i.to_string()),
+        AMQPValue::LongInt(i) => Some(i.to_string()),
+        AMQPValue::FieldArray(deaths) => {
+            // x-death: [{reason: ..., queue: ..., count: ...}, ...]; show the first reason.
+            deaths.as_slice().first().and_then(|d| match d {
+                AMQPValue::FieldTable(t) => t.inner().get("reason").map(|r| match r {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                }),
+                _ => None,
+            })
+        }
+        other => Some(format!("{other:?}")),
+    }
+}
+
+impl Parked {
+    fn id(&self) -> String {
+        self.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .or_else(|| {
+                serde_json::from_slice::<Value>(&self.delivery.data)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned))
+            })
+            .unwrap_or_else(|| "-".to_owned())
+    }
+
+    fn summary(&self) -> Value {
+        let p = &self.delivery.properties;
+        let reason =
+            header(p, HEADER_ERROR).unwrap_or_else(|| match header(p, "x-first-death-reason") {
+                Some(r) => format!(
+                    "dead-lettered by the broker: {r} (a worker crashed on it again and again?)"
+                ),
+                None => "no reason recorded".to_owned(),
+            });
+        json!({
+            "id": self.id(),
+            "failed-at": header(p, HEADER_FAILED_AT),
+            "attempt": header(p, HEADER_ATTEMPT).and_then(|a| a.parse::<i64>().ok()),
+            "host": header(p, HEADER_HOST),
+            "class": header(p, HEADER_ERROR_CLASS),
+            "reason": reason,
+            "routing-key": header(p, HEADER_ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| self.delivery.routing_key.as_str().to_owned()),
+        })
+    }
+}
+
+/// Fetch every message of the dead queue, unacknowledged.
+async fn browse(channel: &Channel) -> Result<Vec<Parked>, Failure> {
+    let mut out = Vec::new();
+    loop {
+        let got = channel
+            .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| Failure::new(EXIT_UNAVAILABLE, format!("reading {DEAD_QUEUE}: {e}")))?;
+        match got {
+            Some(m) => out.push(Parked {
+                delivery: m.delivery,
+            }),
+            None => return Ok(out),
+        }
+    }
+}
+
+pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), Failure> {
+    let (conn, publisher, _) = open(loaded).await?;
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+    let result = async {
+        match cmd {
+            DeadLetterCommand::List { json } => {
+                for p in browse(&channel).await? {
+                    let s = p.summary();
+                    if json {
+                        println!("{s}");
+                    } else {
+                        let field = |k: &str| {
+                            s[k].as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| s[k].to_string())
+                        };
+                        println!(
+                            "{}\t{}\tattempt {}\t{}\t{}\t{}",
+                            field("id"),
+                            field("failed-at"),
+                            field("attempt"),
+                            field("host"),
+                            field("class"),
+                            field("reason")
+                        );
+                    }
+                }
+                Ok(())
+            }
+            DeadLetterCommand::Show { id } => {
+                let parked = browse(&channel).await?;
+                let p = parked.iter().find(|p| p.id() == id).ok_or_else(|| {
+                    Failure::new(EXIT_DATAERR, format!("no parked job {id} in {DEAD_QUEUE}"))
+                })?;
+                let body: Value = serde_json::from_slice(&p.delivery.data).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&p.delivery.data).into_owned())
+                });
+                let mut s = p.summary();
+                s["job"] = body;
+                println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+                Ok(())
+            }
+            DeadLetterCommand::Requeue { ids, all } => {
+                let parked = browse(&channel).await?;
+                let missing: Vec<&String> = ids
+                    .iter()
+                    .filter(|id| !parked.iter().any(|p| &p.id() == *id))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(Failure::new(
+                        EXIT_DATAERR,
+                        format!(
+                            "not in {DEAD_QUEUE}: {}; nothing was requeued",
+                            missing
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                for p in parked.iter().filter(|p| all || ids.contains(&p.id())) {
+                    let props = &p.delivery.properties;
+                    let key = header(props, HEADER_ORIGINAL_ROUTING_KEY)
+                        .unwrap_or_else(|| p.delivery.routing_key.as_str().to_owned());
+                    let exchange = header(props, HEADER_ORIGINAL_EXCHANGE)
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| RIP_EXCHANGE.to_owned());
+                    let mut headers = FieldTable::default();
+                    for (k, v) in props.headers().clone().unwrap_or_default().inner() {
+                        let k = k.as_str();
+                        if !(k.starts_with("x-rafty-")
+                            || k.starts_with("x-death")
+                            || k.starts_with("x-first-death")
+                            || k.starts_with("x-last-death"))
+                        {
+                            headers.insert(k.into(), v.clone());
+                        }
+                    }
+                    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+                    publisher
+                        .publish(
+                            &exchange,
+                            &key,
+                            &p.delivery.data,
+                            props.clone().with_headers(headers),
+                            true,
+                        )
+                        .await
+                        .map_err(|e| {
+                            Failure::new(EXIT_UNAVAILABLE, format!("{}: not requeued: {e}", p.id()))
+                        })?;
+                    p.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| {
+                            Failure::new(
+                                EXIT_UNAVAILABLE,
+                                format!("{}: requeued but still parked: {e}", p.id()),
+                            )
+                        })?;
+                    println!("{}", p.id());
+                }
+                Ok(())
+            }
+            DeadLetterCommand::Purge { yes } => {
+                let queue = channel
+                    .queue_declare(
+                        DEAD_QUEUE.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+                let n = queue.message_count();
+                if n == 0 {
+                    eprintln!("raftyctl: {DEAD_QUEUE} is empty");
+                    return Ok(());
+                }
+                if !yes {
+                    eprint!("Delete {n} parked jobs from {DEAD_QUEUE} for good? [y/N] ");
+                    let _ = std::io::stderr().flush();
+                    let mut answer = String::new();
+                    let _ = std::io::stdin().lock().read_line(&mut answer);
+                    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                        return Err(Failure::new(1, "not purged"));
+                    }
+                }
+                let purged = channel
+                    .queue_purge(DEAD_QUEUE.into(), QueuePurgeOptions::default())
+                    .await
+                    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+                eprintln!("raftyctl: purged {purged} parked jobs");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    close(&conn).await;
+    result
+}
