@@ -622,3 +622,82 @@ fn dead_letters_are_listed_shown_requeued_after_a_fix_and_purged() {
     assert_eq!(ctl(&["dead-letter", "purge", "--yes"]).0, Some(0));
     assert_eq!(amqp.counts(DEAD_QUEUE).0, 0);
 }
+
+#[test]
+fn status_shows_waiting_jobs_and_what_each_worker_is_doing() {
+    let env = env("status");
+    let fixture = fixture_iso("LONG", &[120]);
+    let ids: Vec<String> = (1..=3)
+        .map(|i| env.submit(&env.add_iso(&fixture, &format!("long {i}.iso")), &[]))
+        .collect();
+    let status = || -> Value {
+        let out = env.raftyctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one object")
+    };
+    let s = status();
+    assert_eq!(s["queues"][0]["name"], WORK_QUEUE);
+    assert_eq!(s["queues"][0]["messages"], 3, "{s}");
+    assert_eq!(s["queues"][0]["consumers"], 0);
+    assert_eq!(s["workers"], serde_json::json!([]), "no worker runs");
+    let names: Vec<&str> = s["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            WORK_QUEUE,
+            "rafty.transcode.retry.1s",
+            "rafty.transcode.retry.2s",
+            DEAD_QUEUE
+        ]
+    );
+
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let quick_stop = [("drain-timeout", "\"1s\"")];
+    let mut a = env.worker(
+        &env.write_config("a.toml", Some("worker-a"), &quick_stop),
+        &[],
+    );
+    let mut b = env.worker(
+        &env.write_config("b.toml", Some("worker-b"), &quick_stop),
+        &[],
+    );
+    let first = amqp.wait_event(&tap, "started", JOB_TIMEOUT, |_| true);
+    amqp.wait_event(&tap, "started", JOB_TIMEOUT, |v| v["id"] != first["id"]);
+
+    let s = status();
+    let workers = s["workers"].as_array().unwrap();
+    let hosts: Vec<&str> = workers
+        .iter()
+        .map(|w| w["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["worker-a", "worker-b"], "{s}");
+    for w in workers {
+        assert_eq!(w["state"], "working", "{w}\n{}\n{}", a.log(), b.log());
+        assert!(ids.iter().any(|id| w["job"]["id"] == id.as_str()), "{w}");
+        assert_eq!(w["job"]["title"], 1);
+    }
+    assert_ne!(workers[0]["job"]["id"], workers[1]["job"]["id"]);
+    assert_eq!(s["queues"][0]["consumers"], 2);
+    assert_eq!(s["queues"][0]["messages"], 1, "one job still waits");
+    let text = env.raftyctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("WORKERS (2)") && text.contains("worker-a") && text.contains("long "),
+        "{text}"
+    );
+
+    a.signal(Signal::SIGTERM);
+    b.signal(Signal::SIGTERM);
+    assert!(a.wait(Duration::from_secs(60)).success(), "{}", a.log());
+    assert!(b.wait(Duration::from_secs(60)).success(), "{}", b.log());
+}

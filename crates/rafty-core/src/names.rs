@@ -13,6 +13,9 @@ pub const EVENTS_EXCHANGE: &str = "rafty.transcode";
 pub const DEAD_EXCHANGE: &str = "rafty.transcode.dead";
 /// Quorum queue bound to [`DEAD_EXCHANGE`] holding parked jobs.
 pub const DEAD_QUEUE: &str = "rafty.transcode.dead";
+/// Fanout exchange for control requests to every worker (`raftyctl status`): each worker binds an
+/// exclusive queue and answers on the request's `reply_to` (RabbitMQ direct reply-to).
+pub const CONTROL_EXCHANGE: &str = "rafty.control";
 /// Prefix of the retry ladder's queues: `rafty.transcode.retry.<delay>`.
 pub const RETRY_QUEUE_PREFIX: &str = "rafty.transcode.retry";
 

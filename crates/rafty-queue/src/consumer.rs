@@ -41,7 +41,7 @@ impl Shutdown {
 }
 
 /// How the worker loop runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// Broker URL.
     pub url: String,
@@ -57,6 +57,8 @@ pub struct WorkerOptions {
     pub max_jobs: Option<u64>,
     /// Longest wait between reconnection attempts.
     pub reconnect_max: Duration,
+    /// What the worker answers to `raftyctl status` (none: it does not answer).
+    pub status: Option<crate::control::StatusFn>,
 }
 
 /// One delivery from the work queue.
@@ -379,6 +381,13 @@ async fn session<P: Processor>(
             source,
         })?;
     *consuming = true;
+    let control = match &opts.status {
+        Some(status) => Some(AbortOnDrop(
+            crate::control::serve(&conn, status.clone()).await?,
+        )),
+        None => None,
+    };
+    let _control = control;
     info!(url = %mask_url(&opts.url), queue = WORK_QUEUE, "connected; waiting for jobs");
 
     loop {
@@ -433,6 +442,15 @@ async fn session<P: Processor>(
             close(&conn).await;
             return Ok(SessionEnd::Finished);
         }
+    }
+}
+
+/// Stops the control responder with its session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod control;
 pub mod outbox;
 pub mod publisher;
 pub mod topology;

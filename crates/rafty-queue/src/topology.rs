@@ -7,8 +7,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use rafty_core::config::format_duration;
 use rafty_core::names::{
-    DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE, retry_queue,
-    rip_routing_key,
+    CONTROL_EXCHANGE, DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE,
+    retry_queue, rip_routing_key,
 };
 use rafty_core::{Media, config::TranscodeConfig};
 
@@ -87,6 +87,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Error
     exchange(RIP_EXCHANGE, ExchangeKind::Topic).await?;
     exchange(EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
     exchange(DEAD_EXCHANGE, ExchangeKind::Fanout).await?;
+    exchange(CONTROL_EXCHANGE, ExchangeKind::Fanout).await?;
 
     let queue = |name: String, args: FieldTable| async move {
         channel

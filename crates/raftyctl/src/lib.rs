@@ -4,6 +4,7 @@
 //! scripts goes to stdout, diagnostics to stderr.
 
 pub mod deadletter;
+pub mod status;
 pub mod submit;
 
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ pub struct Cli {
 pub enum Command {
     /// Declare every exchange and queue (idempotent); nothing else.
     Setup,
+    /// Queue depths and consumers, and what every live worker is doing (asked over rafty.control).
+    Status {
+        /// One JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue disc images for transcoding; prints one job id per image.
     Submit(SubmitArgs),
     /// Jobs that rip could not publish while the broker was away ([rip] spool-dir/outbox).
@@ -91,6 +98,7 @@ pub const EXIT_CONFIG: u8 = 78;
 pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
     match cli.command {
         Command::Setup => setup(&loaded).await,
+        Command::Status { json } => status::run(&loaded, json).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
         Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,

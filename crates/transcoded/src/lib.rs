@@ -22,6 +22,35 @@ use tracing::{info, warn};
 
 pub use transcoder::Transcoder;
 
+/// What this worker answers to `raftyctl status`.
+fn status_fn(
+    host: &str,
+    handbrake: &str,
+    activity: transcoder::Activity,
+    shutdown: Shutdown,
+) -> rafty_queue::control::StatusFn {
+    let (host, handbrake) = (host.to_owned(), handbrake.to_owned());
+    let started = std::time::Instant::now();
+    std::sync::Arc::new(move || {
+        let job = activity.lock().ok().and_then(|a| a.clone());
+        let state = match (&job, shutdown.drain.is_cancelled()) {
+            (_, true) => "draining",
+            (Some(_), false) => "working",
+            (None, false) => "idle",
+        };
+        serde_json::json!({
+            "host": host,
+            "app": "transcoded",
+            "version": env!("CARGO_PKG_VERSION"),
+            "handbrake": handbrake,
+            "pid": std::process::id(),
+            "uptime-secs": started.elapsed().as_secs(),
+            "state": state,
+            "job": job,
+        })
+    })
+}
+
 /// Options given on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -71,7 +100,9 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         output_dir = %t.output_dir.display(),
         "transcoded starting"
     );
-    let transcoder = Transcoder::new(&loaded, handbrake, version, shutdown.clone());
+    let activity = transcoder::Activity::default();
+    let status = status_fn(&host, &version, activity.clone(), shutdown.clone());
+    let transcoder = Transcoder::new(&loaded, handbrake, version, shutdown.clone(), activity);
     let options = WorkerOptions {
         url,
         app_id: "transcoded".to_owned(),
@@ -80,6 +111,7 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         confirm_timeout: config.broker.confirm_timeout,
         max_jobs: options.max_jobs,
         reconnect_max: Duration::from_secs(30),
+        status: Some(status),
     };
     let stats = run_worker(&options, &transcoder, &shutdown)
         .await

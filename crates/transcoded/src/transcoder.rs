@@ -31,6 +31,16 @@ pub struct Transcoder {
     tolerance: Duration,
     host: String,
     shutdown: Shutdown,
+    activity: Activity,
+}
+
+/// What this worker is doing now, for `raftyctl status` (`None` when idle).
+pub type Activity = std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>;
+
+fn set_activity(activity: &Activity, update: impl FnOnce(&mut Option<serde_json::Value>)) {
+    if let Ok(mut a) = activity.lock() {
+        update(&mut a);
+    }
 }
 
 impl Transcoder {
@@ -40,6 +50,7 @@ impl Transcoder {
         handbrake: HandBrake,
         handbrake_version: String,
         shutdown: Shutdown,
+        activity: Activity,
     ) -> Self {
         let t = &loaded.config.transcode;
         Transcoder {
@@ -54,6 +65,7 @@ impl Transcoder {
             tolerance: t.duration_tolerance,
             host: loaded.host(),
             shutdown,
+            activity,
         }
     }
 
@@ -67,6 +79,12 @@ impl Transcoder {
             .as_ref()
             .map_err(|e| Failure::BadMessage(e.to_string()))?;
         let started = Instant::now();
+        set_activity(&self.activity, |a| {
+            *a = Some(
+                json!({"id": job.id, "name": job.output.name, "source": job.source.path,
+                "attempt": incoming.attempt, "started-at": now()}),
+            );
+        });
         let preset = job
             .encode
             .preset
@@ -190,11 +208,24 @@ impl Transcoder {
         };
         info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
         let (tx, mut rx) = tokio::sync::watch::channel(None);
+        set_activity(&self.activity, |a| {
+            if let Some(a) = a {
+                a["title"] = json!(title.index);
+                a["percent"] = json!(0.0);
+            }
+        });
         let encode = self.handbrake.encode(
             &request,
             self.stall_timeout,
             self.shutdown.abort.cancelled(),
             |p| {
+                set_activity(&self.activity, |a| {
+                    if let Some(a) = a {
+                        a["percent"] = json!(p.fraction() * 100.0);
+                        a["fps"] = json!(p.fps);
+                        a["eta-secs"] = json!(p.eta.map(|e| e.as_secs()));
+                    }
+                });
                 tx.send_replace(Some(p.clone()));
             },
         );
@@ -274,7 +305,9 @@ impl Transcoder {
 
 impl Processor for Transcoder {
     async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome {
-        match self.run(incoming, events).await {
+        let result = self.run(incoming, events).await;
+        set_activity(&self.activity, |a| *a = None);
+        match result {
             Ok(event) => Outcome::Done(event),
             Err(failure) => {
                 warn!(error = %failure, kind = failure.kind(), "job failed");

@@ -1,0 +1,161 @@
+//! Asking every worker what it is doing, in about a second, without the management plugin.
+//!
+//! Each worker binds an exclusive, server-named queue to the `rafty.control` fanout exchange and
+//! answers every request with its status, published to the request's `reply_to`. `raftyctl status`
+//! consumes RabbitMQ's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to`), publishes one request,
+//! and collects the answers that arrive within its wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use rafty_core::names::{CONTENT_TYPE_JSON, CONTROL_EXCHANGE};
+use serde_json::Value;
+
+use crate::Error;
+
+/// What a worker says about itself when asked.
+pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> Error {
+    move |source| Error::Amqp { what, source }
+}
+
+/// Answer control requests on `conn` until the connection closes; returns the serving task.
+pub async fn serve(
+    conn: &Connection,
+    status: StatusFn,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(amqp("opening the control channel"))?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("declaring the control queue"))?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            CONTROL_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("binding the control queue"))?;
+    let mut requests = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("consuming control requests"))?;
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let Some(reply_to) = request.properties.reply_to().clone() else {
+                continue;
+            };
+            let mut props = BasicProperties::default().with_content_type(CONTENT_TYPE_JSON.into());
+            if let Some(id) = request.properties.correlation_id().clone() {
+                props = props.with_correlation_id(id);
+            }
+            let body = serde_json::to_vec(&status()).expect("status serializes");
+            let sent = channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "control reply not sent");
+            }
+        }
+    }))
+}
+
+/// Ask every worker for its status; answers that arrive within `wait` are returned.
+pub async fn ask(conn: &Connection, wait: Duration) -> Result<Vec<Value>, Error> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(amqp("opening a channel"))?;
+    // Direct reply-to: consume the pseudo-queue (no-ack) before publishing the request.
+    let mut replies = channel
+        .basic_consume(
+            REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("consuming replies"))?;
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let props = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id(correlation.as_str().into())
+        .with_type("rafty.control.status.v1".into());
+    channel
+        .basic_publish(
+            CONTROL_EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"{\"request\":\"status\"}",
+            props,
+        )
+        .await
+        .map_err(amqp("asking the workers"))?;
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(Ok(reply))) => {
+                let same = reply
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.as_str())
+                    == Some(correlation.as_str());
+                if same && let Ok(v) = serde_json::from_slice::<Value>(&reply.data) {
+                    answers.push(v);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err(Error::Amqp {
+                    what: "receiving replies",
+                    source: e,
+                });
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = channel.close(200, "done".into()).await;
+    Ok(answers)
+}
