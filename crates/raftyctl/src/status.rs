@@ -60,11 +60,12 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     }
     println!("{:<32} {:>8} {:>9}", "QUEUE", "READY", "CONSUMERS");
     for q in &queues {
+        let n = |k: &str| q[k].as_u64().unwrap_or(0);
         println!(
             "{:<32} {:>8} {:>9}",
             q["name"].as_str().unwrap_or(""),
-            q["messages"],
-            q["consumers"]
+            n("messages"),
+            n("consumers")
         );
     }
     println!();
