@@ -120,8 +120,13 @@ pub fn bench(env: &Env, mib: u64, reps: usize) -> anyhow::Result<Vec<String>> {
     }
     let _ = std::fs::remove_dir_all(&out_dir);
     let mb = mib as f64 * 1.048_576;
-    let rate = |v: &mut Vec<f64>| mb / median(v);
-    let (r, d1, d2, dr) = (
+    // Rates: median, and the slowest and fastest run, as "median (min–max)".
+    let rate = |v: &mut Vec<f64>| {
+        let med = mb / median(v);
+        let (lo, hi) = (mb / v[v.len() - 1], mb / v[0]);
+        (med, format!("{med:.0} ({lo:.0}–{hi:.0})"))
+    };
+    let ((r, rs), (d1, d1s), (d2, d2s), (dr, drs)) = (
         rate(&mut rip),
         rate(&mut dd1m),
         rate(&mut dd2k),
@@ -130,16 +135,16 @@ pub fn bench(env: &Env, mib: u64, reps: usize) -> anyhow::Result<Vec<String>> {
     let peak = rss.iter().cloned().fold(0.0, f64::max);
     Ok(vec![
         format!(
-            "| rip, {mib} MiB loop device → image (MB/s) | {r:.0} | dd bs=1M {d1:.0} | {:.2}× | ≥ 0.95× | {} |",
+            "| rip, {mib} MiB loop device → image (MB/s) | {rs} | dd bs=1M {d1s} | {:.2}× | ≥ 0.95× | {} |",
             r / d1,
             verdict(r / d1 >= 0.95)
         ),
         format!(
-            "| rip vs ddrescue (MB/s) | {r:.0} | ddrescue {dr:.0} | {:.2}× | | |",
+            "| rip vs ddrescue (MB/s) | {rs} | ddrescue {drs} | {:.2}× | | |",
             r / dr
         ),
         format!(
-            "| rip vs dd bs=2048 (MB/s) | {r:.0} | dd bs=2048 {d2:.0} | {:.2}× | | |",
+            "| rip vs dd bs=2048 (MB/s) | {rs} | dd bs=2048 {d2s} | {:.2}× | | |",
             r / d2
         ),
         format!(

@@ -258,6 +258,19 @@ async fn rip_locked(
         %fingerprint, image = %image.display(), resume, "copying"
     );
 
+    if media == Media::Dvd {
+        match rafty_disc::css::authenticate(device) {
+            Ok(rafty_disc::css::Css::Authenticated) => {
+                info!("drive authenticated through libdvdcss (CSS)")
+            }
+            Ok(rafty_disc::css::Css::Unavailable) => {
+                tracing::debug!("libdvdcss not installed: an encrypted DVD would read as errors")
+            }
+            Err(e) => {
+                warn!(error = %e, "CSS authentication failed; an encrypted DVD will read as errors")
+            }
+        }
+    }
     // Progress goes to the log here and to the broker from a task, so a slow broker never slows the copy.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let events = Events::connect(loaded).await;
@@ -350,7 +363,7 @@ async fn rip_locked(
             part,
             map,
             css: if media == Media::Dvd {
-                "; an encrypted (CSS) DVD also fails this way when the drive was not authenticated (libdvdcss)"
+                "; an encrypted (CSS) DVD also fails this way when the drive is not authenticated: install libdvdcss (Debian: libdvd-pkg) and run rip again"
             } else {
                 ""
             },
