@@ -84,31 +84,11 @@ fn read(path: &Path) -> String {
 }
 
 /// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rafty-eject-{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("rafty-eject-{label}-"))
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// A child process, killed and reaped when dropped.
@@ -391,7 +371,7 @@ impl Run {
 fn rip_ejects_through_udisks2_when_udisks_manages_the_drive() {
     require_dbusmock();
     let iso = disc();
-    let tmp = TempDir::new("udisks");
+    let tmp = temp_dir("udisks");
     let bus = Bus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     let mut mock = UDisksMock::start(&bus, tmp.path(), Some(device.name()));
@@ -426,7 +406,7 @@ fn rip_ejects_through_udisks2_when_udisks_manages_the_drive() {
 fn rip_does_not_eject_when_the_policy_is_never() {
     require_dbusmock();
     let iso = disc();
-    let tmp = TempDir::new("never");
+    let tmp = temp_dir("never");
     let bus = Bus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     let mut mock = UDisksMock::start(&bus, tmp.path(), Some(device.name()));
@@ -451,7 +431,7 @@ fn rip_does_not_eject_when_the_policy_is_never() {
 fn a_drive_udisks_does_not_know_falls_back_to_the_ioctl_and_the_rip_still_succeeds() {
     require_dbusmock();
     let iso = disc();
-    let tmp = TempDir::new("unknown");
+    let tmp = temp_dir("unknown");
     let bus = Bus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     // udisksd runs, but has no Block object for this device.
@@ -483,7 +463,7 @@ fn a_drive_udisks_does_not_know_falls_back_to_the_ioctl_and_the_rip_still_succee
 #[test]
 fn without_a_system_bus_the_eject_fails_and_the_rip_still_succeeds() {
     let iso = disc();
-    let tmp = TempDir::new("nobus");
+    let tmp = temp_dir("nobus");
     let device = LoopDevice::attach(iso);
     // A bus address where nothing listens.
     let nowhere = format!("unix:path={}", tmp.path().join("no-bus").display());

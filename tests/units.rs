@@ -54,31 +54,11 @@ fn read(path: &Path) -> String {
 }
 
 /// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rafty-units-{label}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("rafty-units-{label}-"))
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// A loop device attached read-only to a file; detached when dropped, also when a test panics.
@@ -173,7 +153,7 @@ type Rules<'a> = Vec<(&'a str, String)>;
 /// Run `udevadm test --action=ACTION /sys/block/NAME` with exactly `rules` in /etc/udev/rules.d
 /// (file name, contents); returns stdout and stderr together.
 fn udevadm_test(dev: &LoopDevice, action: &str, rules: &[(&str, String)]) -> String {
-    let dir = TempDir::new("rules");
+    let dir = temp_dir("rules");
     for (file, contents) in rules {
         std::fs::write(dir.path().join(file), contents).expect("write a rule file");
     }
@@ -219,7 +199,7 @@ fn interesting(output: &str) -> Vec<&str> {
 
 #[test]
 fn the_rule_starts_a_rip_for_a_disc_change_event_and_nothing_else() {
-    let work = TempDir::new("udev");
+    let work = temp_dir("udev");
     let image = work.path().join("disc.img");
     std::fs::write(&image, vec![0u8; 1 << 20]).expect("write a 1 MiB image");
     let dev = LoopDevice::attach(&image);
@@ -286,8 +266,8 @@ const VERIFY_NOISE: &[&str] = &[];
 
 /// Copies of the shipped units in a temporary directory, their ExecStart binary replaced by one that
 /// exists here (/bin/true; arguments kept), since verify refuses a missing binary.
-fn unit_copies() -> TempDir {
-    let dir = TempDir::new("units");
+fn unit_copies() -> tempfile::TempDir {
+    let dir = temp_dir("units");
     let root = workspace_root().join("systemd");
     let units = [
         (

@@ -30,6 +30,22 @@ pub struct Entry {
     pub job: Job,
 }
 
+impl Entry {
+    /// Publish this job as its entry says, and wait for the broker's confirm.
+    pub async fn publish(&self, publisher: &Publisher) -> Result<(), PublishError> {
+        let props = publisher.job_properties(&self.job, 0);
+        publisher
+            .publish(
+                &self.exchange,
+                &self.routing_key,
+                &self.job.to_json(),
+                props,
+                self.mandatory,
+            )
+            .await
+    }
+}
+
 /// What a flush did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Flushed {
@@ -116,15 +132,8 @@ impl Outbox {
             left: pending.len(),
         };
         for (path, entry) in pending {
-            let props = publisher.job_properties(&entry.job, 0);
-            publisher
-                .publish(
-                    &entry.exchange,
-                    &entry.routing_key,
-                    &entry.job.to_json(),
-                    props,
-                    entry.mandatory,
-                )
+            entry
+                .publish(publisher)
                 .await
                 .map_err(|e| FlushError::Publish(entry.job.id.to_string(), e))?;
             std::fs::remove_file(&path).map_err(|e| FlushError::Io(path.clone(), e))?;

@@ -546,20 +546,10 @@ impl Events {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "outbox not delivered"),
         }
-        let props = self.publisher.job_properties(&entry.job, 0);
-        tokio::time::timeout(
-            self.timeout,
-            self.publisher.publish(
-                &entry.exchange,
-                &entry.routing_key,
-                &entry.job.to_json(),
-                props,
-                entry.mandatory,
-            ),
-        )
-        .await
-        .map_err(|_| "no confirm in time".to_owned())?
-        .map_err(|e| e.to_string())
+        tokio::time::timeout(self.timeout, entry.publish(&self.publisher))
+            .await
+            .map_err(|_| "no confirm in time".to_owned())?
+            .map_err(|e| e.to_string())
     }
 }
 
