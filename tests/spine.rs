@@ -701,3 +701,70 @@ fn status_shows_waiting_jobs_and_what_each_worker_is_doing() {
     assert!(a.wait(Duration::from_secs(60)).success(), "{}", a.log());
     assert!(b.wait(Duration::from_secs(60)).success(), "{}", b.log());
 }
+
+#[test]
+fn drain_stops_a_worker_taking_new_jobs_while_its_current_one_completes_and_resume_restarts_it() {
+    let env = env("drain-host");
+    let cfg = env.write_config("w.toml", Some("drainee"), &[("drain-timeout", "\"1s\"")]);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("raftyctl"))
+            .args(args)
+            .env("RAFTY_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fixture = fixture_iso("FEATURE_DISC", &[20, 12]);
+    let first = env.submit(&env.add_iso(&fixture, "first.iso"), &[]);
+    let second = env.submit(&env.add_iso(&fixture, "second.iso"), &[]);
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let mut worker = env.worker(&cfg, &[]);
+    amqp.wait_event(&tap, "started", JOB_TIMEOUT, |v| v["id"] == first.as_str());
+
+    let said = ctl(&["drain", "drainee"]);
+    assert!(
+        said.contains("drainee") && said.contains("draining"),
+        "{said}"
+    );
+    amqp.wait_event(&tap, "done", JOB_TIMEOUT, |v| v["id"] == first.as_str());
+    let s: Value = serde_json::from_str(&ctl(&["status", "--json"])).unwrap();
+    let w = &s["workers"][0];
+    assert_eq!(w["state"], "drained", "{s}");
+    assert_eq!(s["queues"][0]["messages"], 1, "the second job waits: {s}");
+    assert_eq!(s["queues"][0]["consumers"], 0, "{s}");
+    std::thread::sleep(Duration::from_secs(2));
+    let events = amqp.drain_events(&tap);
+    assert!(
+        !events
+            .iter()
+            .any(|(k, v)| k == "rafty.transcode.started" && v["id"] == second.as_str()),
+        "a drained worker took a job"
+    );
+    assert!(worker.running());
+
+    let said = ctl(&["resume", "drainee"]);
+    assert!(said.contains("drainee"), "{said}");
+    amqp.wait_event(&tap, "done", JOB_TIMEOUT, |v| v["id"] == second.as_str());
+    let other = Command::new(bin("raftyctl"))
+        .args(["drain", "nobody-here"])
+        .env("RAFTY_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        other.status.code(),
+        Some(1),
+        "no worker answers for an unknown host"
+    );
+    worker.signal(Signal::SIGTERM);
+    assert!(
+        worker.wait(Duration::from_secs(30)).success(),
+        "{}",
+        worker.log()
+    );
+}

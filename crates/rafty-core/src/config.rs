@@ -173,6 +173,11 @@ pub struct TranscodeConfig {
     pub min_title_secs: u64,
     /// Container of the outputs: `mkv` or `mp4`.
     pub container: Container,
+    /// How often the worker announces itself (`rafty.transcode.worker.heartbeat`).
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat_interval: Duration,
+    /// Where the worker serves Prometheus metrics (`/metrics`), e.g. `127.0.0.1:9108`; unset: none.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for TranscodeConfig {
@@ -195,6 +200,8 @@ impl Default for TranscodeConfig {
             duration_tolerance: Duration::from_secs(2),
             min_title_secs: 1,
             container: Container::Mkv,
+            heartbeat_interval: Duration::from_secs(30),
+            metrics_address: None,
         }
     }
 }

@@ -57,8 +57,13 @@ pub struct WorkerOptions {
     pub max_jobs: Option<u64>,
     /// Longest wait between reconnection attempts.
     pub reconnect_max: Duration,
-    /// What the worker answers to `raftyctl status` (none: it does not answer).
-    pub status: Option<crate::control::StatusFn>,
+    /// How the worker answers control requests (`raftyctl status`, `drain`, `resume`); none: it does
+    /// not answer. Its answer to `{"request": "status"}` is also the periodic heartbeat event.
+    pub control: Option<crate::control::ControlFn>,
+    /// How often the worker publishes `rafty.transcode.worker.heartbeat` (with a control handler).
+    pub heartbeat: Duration,
+    /// While `true`, the worker takes no new job (`raftyctl drain HOST`); `false` again resumes.
+    pub pause: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// One delivery from the work queue.
@@ -368,29 +373,63 @@ async fn session<P: Processor>(
             source,
         })?;
     let tag = format!("{}@{}-{}", opts.app_id, opts.host, std::process::id());
-    let mut consumer = channel
-        .basic_consume(
-            WORK_QUEUE.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| Error::Amqp {
-            what: "consuming the work queue",
-            source,
-        })?;
-    *consuming = true;
-    let control = match &opts.status {
-        Some(status) => Some(AbortOnDrop(
-            crate::control::serve(&conn, status.clone()).await?,
-        )),
-        None => None,
+    let consume = || async {
+        channel
+            .basic_consume(
+                WORK_QUEUE.into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Amqp {
+                what: "consuming the work queue",
+                source,
+            })
     };
-    let _control = control;
+    let mut paused = opts.pause.subscribe();
+    let mut consumer = if *paused.borrow_and_update() {
+        None
+    } else {
+        Some(consume().await?)
+    };
+    *consuming = true;
+    let mut _control = None;
+    let mut _heartbeat = None;
+    if let Some(handler) = &opts.control {
+        _control = Some(AbortOnDrop(
+            crate::control::serve(&conn, handler.clone()).await?,
+        ));
+        _heartbeat = Some(AbortOnDrop(tokio::spawn(heartbeat(
+            publisher.clone(),
+            handler.clone(),
+            opts.heartbeat,
+        ))));
+    }
     info!(url = %mask_url(&opts.url), queue = WORK_QUEUE, "connected; waiting for jobs");
 
     loop {
+        if *paused.borrow_and_update() {
+            if let Some(c) = consumer.take() {
+                stop_consuming(&channel, &tag, c).await;
+                info!("drained by request: no new jobs until `raftyctl resume`");
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.drain.cancelled() => {
+                    close(&conn).await;
+                    return Ok(SessionEnd::Finished);
+                }
+                _ = paused.changed() => continue,
+            }
+        }
+        let active = match consumer.as_mut() {
+            Some(c) => c,
+            None => {
+                info!("resumed: taking jobs again");
+                consumer.insert(consume().await?)
+            }
+        };
         let delivery = tokio::select! {
             biased;
             _ = shutdown.drain.cancelled() => {
@@ -399,7 +438,8 @@ async fn session<P: Processor>(
                 close(&conn).await;
                 return Ok(SessionEnd::Finished);
             }
-            next = consumer.next() => match next {
+            _ = paused.changed() => continue,
+            next = active.next() => match next {
                 Some(Ok(d)) => d,
                 Some(Err(source)) => return Err(Error::Amqp { what: "receiving a job", source }),
                 None => return Err(Error::ConsumerEnded(WORK_QUEUE.to_owned())),
@@ -418,10 +458,14 @@ async fn session<P: Processor>(
             // Cancel before settling the last delivery: with prefetch 1 the broker then sends nothing
             // more, so no other job is delivered here only to be handed back when the channel closes.
             let last = opts.max_jobs.is_some_and(|max| stats.settled + 1 >= max);
-            if last || shutdown.drain.is_cancelled() {
+            if last || shutdown.drain.is_cancelled() || *opts.pause.borrow() {
                 let _ = channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
+                if *opts.pause.borrow() {
+                    consumer = None;
+                    info!("drained by request: no new jobs until `raftyctl resume`");
+                }
             }
             let settled =
                 settle(outcome, &incoming, &publisher, &opts.topology, &opts.host).await?;
@@ -441,6 +485,37 @@ async fn session<P: Processor>(
             info!(settled = stats.settled, "reached --max-jobs; stopping");
             close(&conn).await;
             return Ok(SessionEnd::Finished);
+        }
+    }
+}
+
+/// Cancel the consumer and hand back anything the broker sent before the cancel arrived.
+async fn stop_consuming(channel: &lapin::Channel, tag: &str, mut consumer: lapin::Consumer) {
+    let _ = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+    {
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await;
+    }
+}
+
+/// Publish the worker's status as `rafty.transcode.worker.heartbeat` every `every`.
+async fn heartbeat(publisher: Publisher, handler: crate::control::ControlFn, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Some(status) = handler(&serde_json::json!({"request": "status"}))
+            && let Err(e) = publisher.publish_event("worker.heartbeat", &status).await
+        {
+            tracing::debug!(error = %e, "heartbeat not published");
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Asking every worker what it is doing, in about a second, without the management plugin.
+//! Talking to every worker at once, in about a second, without the management plugin.
 //!
 //! Each worker binds an exclusive, server-named queue to the `rafty.control` fanout exchange and
-//! answers every request with its status, published to the request's `reply_to`. `raftyctl status`
-//! consumes RabbitMQ's direct reply-to pseudo-queue (`amq.rabbitmq.reply-to`), publishes one request,
-//! and collects the answers that arrive within its wait.
+//! answers requests (`{"request": "status"}`, `{"request": "drain", "host": "…"}`, `"resume"`) on the
+//! request's `reply_to`. `raftyctl` consumes RabbitMQ's direct reply-to pseudo-queue
+//! (`amq.rabbitmq.reply-to`), publishes one request, and collects the answers that arrive within its
+//! wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ use serde_json::Value;
 
 use crate::Error;
 
-/// What a worker says about itself when asked.
-pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+/// How a worker answers a control request: the reply, or `None` when the request is not for it.
+pub type ControlFn = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -31,7 +32,7 @@ fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> Error {
 /// Answer control requests on `conn` until the connection closes; returns the serving task.
 pub async fn serve(
     conn: &Connection,
-    status: StatusFn,
+    handler: ControlFn,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let channel = conn
         .create_channel()
@@ -80,7 +81,9 @@ pub async fn serve(
             if let Some(id) = request.properties.correlation_id().clone() {
                 props = props.with_correlation_id(id);
             }
-            let body = serde_json::to_vec(&status()).expect("status serializes");
+            let ask = serde_json::from_slice::<Value>(&request.data).unwrap_or(Value::Null);
+            let Some(reply) = handler(&ask) else { continue };
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
             let sent = channel
                 .basic_publish(
                     "".into(),
@@ -97,8 +100,8 @@ pub async fn serve(
     }))
 }
 
-/// Ask every worker for its status; answers that arrive within `wait` are returned.
-pub async fn ask(conn: &Connection, wait: Duration) -> Result<Vec<Value>, Error> {
+/// Send `request` to every worker; the answers that arrive within `wait` are returned.
+pub async fn ask(conn: &Connection, request: &Value, wait: Duration) -> Result<Vec<Value>, Error> {
     let channel = conn
         .create_channel()
         .await
@@ -121,13 +124,13 @@ pub async fn ask(conn: &Connection, wait: Duration) -> Result<Vec<Value>, Error>
         .with_content_type(CONTENT_TYPE_JSON.into())
         .with_reply_to(REPLY_TO.into())
         .with_correlation_id(correlation.as_str().into())
-        .with_type("rafty.control.status.v1".into());
+        .with_type("rafty.control.v1".into());
     channel
         .basic_publish(
             CONTROL_EXCHANGE.into(),
             "".into(),
             BasicPublishOptions::default(),
-            b"{\"request\":\"status\"}",
+            &serde_json::to_vec(request).expect("requests serialize"),
             props,
         )
         .await

@@ -47,6 +47,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Workers on HOST finish their current job and take no new one until `resume` (`*`: every host).
+    Drain {
+        /// Host name, as `raftyctl status` shows it
+        host: String,
+    },
+    /// Workers on HOST take jobs again after a `drain` (`*`: every host).
+    Resume {
+        /// Host name, as `raftyctl status` shows it
+        host: String,
+    },
     /// Queue disc images for transcoding; prints one job id per image.
     Submit(SubmitArgs),
     /// Jobs that rip could not publish while the broker was away ([rip] spool-dir/outbox).
@@ -99,6 +109,8 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
     match cli.command {
         Command::Setup => setup(&loaded).await,
         Command::Status { json } => status::run(&loaded, json).await,
+        Command::Drain { host } => status::steer(&loaded, "drain", &host).await,
+        Command::Resume { host } => status::steer(&loaded, "resume", &host).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
         Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,

@@ -40,7 +40,7 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
             json!({"name": name, "messages": q.message_count(), "consumers": q.consumer_count()}),
         );
     }
-    let mut workers = rafty_queue::control::ask(&conn, WAIT)
+    let mut workers = rafty_queue::control::ask(&conn, &json!({"request": "status"}), WAIT)
         .await
         .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
     workers.sort_by_key(|w| {
@@ -103,4 +103,28 @@ fn describe(w: &Value) -> String {
         }
         None => head,
     }
+}
+
+/// `raftyctl drain HOST` / `resume HOST`: ask the workers on HOST (`*`: all) to stop taking jobs
+/// after their current one, or to start again; prints the state each reports.
+pub(crate) async fn steer(loaded: &Loaded, request: &str, host: &str) -> Result<(), Failure> {
+    let (conn, _publisher, _) = open(loaded).await?;
+    let answers =
+        rafty_queue::control::ask(&conn, &json!({"request": request, "host": host}), WAIT)
+            .await
+            .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()));
+    close(&conn).await;
+    let answers = answers?;
+    if answers.is_empty() {
+        return Err(Failure::new(
+            1,
+            format!(
+                "no worker on {host:?} answered within a second; `raftyctl status` lists the live ones"
+            ),
+        ));
+    }
+    for w in &answers {
+        println!("{}", describe(w));
+    }
+    Ok(())
 }

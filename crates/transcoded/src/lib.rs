@@ -12,6 +12,7 @@ pub mod output;
 pub mod signals;
 pub mod transcoder;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,23 +23,38 @@ use tracing::{info, warn};
 
 pub use transcoder::Transcoder;
 
-/// What this worker answers to `raftyctl status`.
-fn status_fn(
+/// How this worker answers control requests: `status` (what it is doing), `drain` and `resume` (stop
+/// taking jobs after the current one, and start again) when addressed by its host name or `*`.
+fn control_fn(
     host: &str,
     handbrake: &str,
     activity: transcoder::Activity,
     shutdown: Shutdown,
-) -> rafty_queue::control::StatusFn {
+    pause: Arc<tokio::sync::watch::Sender<bool>>,
+) -> rafty_queue::control::ControlFn {
     let (host, handbrake) = (host.to_owned(), handbrake.to_owned());
     let started = std::time::Instant::now();
-    std::sync::Arc::new(move || {
+    Arc::new(move |request: &serde_json::Value| {
+        let for_me = || matches!(request["host"].as_str(), Some(h) if h == host || h == "*");
+        match request["request"].as_str() {
+            Some("status") => {}
+            Some("drain") if for_me() => {
+                pause.send_replace(true);
+            }
+            Some("resume") if for_me() => {
+                pause.send_replace(false);
+            }
+            _ => return None,
+        }
         let job = activity.lock().ok().and_then(|a| a.clone());
-        let state = match (&job, shutdown.drain.is_cancelled()) {
-            (_, true) => "draining",
-            (Some(_), false) => "working",
-            (None, false) => "idle",
+        let state = match (&job, shutdown.drain.is_cancelled(), *pause.borrow()) {
+            (_, true, _) => "stopping",
+            (Some(_), false, true) => "draining",
+            (None, false, true) => "drained",
+            (Some(_), false, false) => "working",
+            (None, false, false) => "idle",
         };
-        serde_json::json!({
+        Some(serde_json::json!({
             "host": host,
             "app": "transcoded",
             "version": env!("CARGO_PKG_VERSION"),
@@ -47,7 +63,7 @@ fn status_fn(
             "uptime-secs": started.elapsed().as_secs(),
             "state": state,
             "job": job,
-        })
+        }))
     })
 }
 
@@ -101,7 +117,14 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         "transcoded starting"
     );
     let activity = transcoder::Activity::default();
-    let status = status_fn(&host, &version, activity.clone(), shutdown.clone());
+    let pause = Arc::new(tokio::sync::watch::channel(false).0);
+    let control = control_fn(
+        &host,
+        &version,
+        activity.clone(),
+        shutdown.clone(),
+        pause.clone(),
+    );
     let transcoder = Transcoder::new(&loaded, handbrake, version, shutdown.clone(), activity);
     let options = WorkerOptions {
         url,
@@ -111,7 +134,9 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         confirm_timeout: config.broker.confirm_timeout,
         max_jobs: options.max_jobs,
         reconnect_max: Duration::from_secs(30),
-        status: Some(status),
+        control: Some(control),
+        heartbeat: t.heartbeat_interval,
+        pause,
     };
     let stats = run_worker(&options, &transcoder, &shutdown)
         .await
