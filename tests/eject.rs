@@ -17,13 +17,12 @@
 //! with the install command, never a skip. Every process and file is the test's own and is removed
 //! when the test ends, also when it panics.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rafty_testkit::{bin, fixture_iso, workspace_root};
+use rafty_testkit::{LoopDevice, PrivateBus, bin, fixture_iso, workspace_root};
 
 const INSTALL: &str = "apt-get install dbus python3-dbusmock";
 
@@ -33,24 +32,8 @@ const PYTHON: &str = "/usr/bin/python3";
 /// The drive object the mock exports.
 const DRIVE: &str = "/org/freedesktop/UDisks2/drives/Rafty_Test_Drive";
 
-/// Where the tools are looked for when PATH lacks the sbin directories.
-const SYSTEM_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-
 /// How long one rip of the small fixture may take.
 const RIP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Absolute path of `name`, from PATH or the system directories; panics with the install command.
-fn tool(name: &str, install: &str) -> PathBuf {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    from_path
-        .into_iter()
-        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is missing: run `{install}`"))
-}
 
 /// Fail with the install command unless the system Python can import dbusmock.
 fn require_dbusmock() {
@@ -101,46 +84,7 @@ impl Drop for Guarded {
     }
 }
 
-/// A private message bus standing in for the system bus.
-struct Bus {
-    address: String,
-    _daemon: Guarded,
-}
-
-impl Bus {
-    /// Start `dbus-daemon` (session policy: anyone may own any name) listening in `dir`, and wait
-    /// until it prints its address, i.e. accepts connections.
-    fn start(dir: &Path) -> Bus {
-        let daemon = tool("dbus-daemon", INSTALL);
-        let log = dir.join("dbus-daemon.log");
-        let mut child = Command::new(&daemon)
-            .args(["--session", "--nofork", "--nosyslog", "--print-address=1"])
-            .arg(format!("--address=unix:path={}", dir.join("bus").display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("create the bus log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", daemon.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let daemon_guard = Guarded(child);
-        let mut address = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut address)
-            .expect("read the bus address");
-        let address = address.trim().to_owned();
-        assert!(
-            address.starts_with("unix:"),
-            "dbus-daemon printed no address ({address:?}): {}",
-            read(&log)
-        );
-        Bus {
-            address,
-            _daemon: daemon_guard,
-        }
-    }
-}
-
-/// python3-dbusmock owning `org.freedesktop.UDisks2` on a [`Bus`].
+/// python3-dbusmock owning `org.freedesktop.UDisks2` on a [`PrivateBus`].
 struct UDisksMock {
     address: String,
     out: PathBuf,
@@ -150,7 +94,7 @@ struct UDisksMock {
 impl UDisksMock {
     /// Start the mock and give it the Drive object [`DRIVE`] and, with `block`, the Block object of
     /// that kernel device name pointing at it; returns once both answer on the bus.
-    fn start(bus: &Bus, dir: &Path, block: Option<&str>) -> UDisksMock {
+    fn start(bus: &PrivateBus, dir: &Path, block: Option<&str>) -> UDisksMock {
         let out = dir.join("dbusmock.out");
         let child = Command::new(PYTHON)
             .args(["-m", "dbusmock", "--system", "-l"])
@@ -160,14 +104,14 @@ impl UDisksMock {
                 "/org/freedesktop/UDisks2",
                 "org.freedesktop.UDisks2.Manager",
             ])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).expect("create the mock's output file"))
             .stderr(std::fs::File::create(dir.join("dbusmock.err")).expect("mock stderr"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start python3-dbusmock: {e}: run `{INSTALL}`"));
         let mut mock = UDisksMock {
-            address: bus.address.clone(),
+            address: bus.address().to_owned(),
             out,
             process: Guarded(child),
         };
@@ -220,49 +164,6 @@ impl UDisksMock {
                 )
             })
             .collect()
-    }
-}
-
-/// A read-only loop device over an image, detached when dropped.
-struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    fn attach(image: &Path) -> LoopDevice {
-        let losetup = tool("losetup", "apt-get install mount");
-        let out = Command::new(&losetup)
-            .args(["--find", "--show", "--read-only"])
-            .arg(image)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", losetup.display()));
-        assert!(
-            out.status.success(),
-            "losetup failed (these tests need root and loop devices): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(dev.starts_with("/dev"), "losetup printed {dev:?}");
-        LoopDevice(dev)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// The kernel name (`loop3`), the last part of the UDisks2 block object's path.
-    fn name(&self) -> &str {
-        self.0
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("a device name")
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new(tool("losetup", "apt-get install mount"))
-            .arg("-d")
-            .arg(&self.0)
-            .status();
     }
 }
 
@@ -372,7 +273,7 @@ fn rip_ejects_through_udisks2_when_udisks_manages_the_drive() {
     require_dbusmock();
     let iso = disc();
     let tmp = temp_dir("udisks");
-    let bus = Bus::start(tmp.path());
+    let bus = PrivateBus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     let mut mock = UDisksMock::start(&bus, tmp.path(), Some(device.name()));
     assert!(
@@ -380,7 +281,7 @@ fn rip_ejects_through_udisks2_when_udisks_manages_the_drive() {
         "the mock recorded calls before rip ran"
     );
 
-    let run = rip(tmp.path(), device.path(), "success", &bus.address);
+    let run = rip(tmp.path(), device.path(), "success", bus.address());
     run.assert_copied();
 
     let calls = mock.calls(DRIVE);
@@ -407,11 +308,11 @@ fn rip_does_not_eject_when_the_policy_is_never() {
     require_dbusmock();
     let iso = disc();
     let tmp = temp_dir("never");
-    let bus = Bus::start(tmp.path());
+    let bus = PrivateBus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     let mut mock = UDisksMock::start(&bus, tmp.path(), Some(device.name()));
 
-    let run = rip(tmp.path(), device.path(), "never", &bus.address);
+    let run = rip(tmp.path(), device.path(), "never", bus.address());
     run.assert_copied();
 
     assert_eq!(
@@ -432,12 +333,12 @@ fn a_drive_udisks_does_not_know_falls_back_to_the_ioctl_and_the_rip_still_succee
     require_dbusmock();
     let iso = disc();
     let tmp = temp_dir("unknown");
-    let bus = Bus::start(tmp.path());
+    let bus = PrivateBus::start(tmp.path());
     let device = LoopDevice::attach(iso);
     // udisksd runs, but has no Block object for this device.
     let mut mock = UDisksMock::start(&bus, tmp.path(), None);
 
-    let run = rip(tmp.path(), device.path(), "success", &bus.address);
+    let run = rip(tmp.path(), device.path(), "success", bus.address());
     run.assert_copied();
 
     assert_eq!(

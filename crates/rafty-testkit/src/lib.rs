@@ -13,6 +13,7 @@
 
 mod amqp;
 mod broker;
+mod dbus;
 mod env;
 mod faulty;
 pub use faulty::FaultyDisc;
@@ -21,6 +22,7 @@ mod loopdev;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};
 pub use broker::{Broker, shared_broker};
+pub use dbus::PrivateBus;
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};
 pub use loopdev::LoopDevice;

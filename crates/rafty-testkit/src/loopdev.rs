@@ -31,6 +31,14 @@ impl LoopDevice {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The kernel name, e.g. `loop3`.
+    pub fn name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a device name")
+    }
 }
 
 impl Drop for LoopDevice {

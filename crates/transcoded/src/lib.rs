@@ -8,6 +8,8 @@
 //! [`run`] is the whole worker; `main.rs` only parses flags, sets up logging and maps signals
 //! ([`signals::shutdown_on_signals`]) so tests can run the same worker in-process.
 
+pub mod inhibit;
+pub mod metrics;
 pub mod output;
 pub mod signals;
 pub mod transcoder;
@@ -125,7 +127,24 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         shutdown.clone(),
         pause.clone(),
     );
-    let transcoder = Transcoder::new(&loaded, handbrake, version, shutdown.clone(), activity);
+    let metrics = metrics::Metrics::new();
+    if let Some(addr) = t.metrics_address {
+        let bound = metrics::serve(addr, metrics.clone()).await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot serve metrics on {addr} ([transcode] metrics-address in {}): {e}",
+                loaded.source_name()
+            ))
+        })?;
+        info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
+    }
+    let transcoder = Transcoder::new(
+        &loaded,
+        handbrake,
+        version,
+        shutdown.clone(),
+        activity,
+        metrics,
+    );
     let options = WorkerOptions {
         url,
         app_id: "transcoded".to_owned(),

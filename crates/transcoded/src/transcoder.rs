@@ -29,6 +29,8 @@ pub struct Transcoder {
     source_roots: Vec<PathBuf>,
     stall_timeout: Duration,
     tolerance: Duration,
+    topology: rafty_queue::Topology,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     host: String,
     shutdown: Shutdown,
     activity: Activity,
@@ -51,6 +53,7 @@ impl Transcoder {
         handbrake_version: String,
         shutdown: Shutdown,
         activity: Activity,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
         let t = &loaded.config.transcode;
         Transcoder {
@@ -63,6 +66,8 @@ impl Transcoder {
             source_roots: loaded.source_roots(),
             stall_timeout: t.stall_timeout,
             tolerance: t.duration_tolerance,
+            topology: rafty_queue::Topology::from_config(t),
+            metrics,
             host: loaded.host(),
             shutdown,
             activity,
@@ -219,6 +224,8 @@ impl Transcoder {
             self.stall_timeout,
             self.shutdown.abort.cancelled(),
             |p| {
+                self.metrics.progress.set(p.fraction());
+                self.metrics.fps.set(p.fps.unwrap_or(0.0));
                 set_activity(&self.activity, |a| {
                     if let Some(a) = a {
                         a["percent"] = json!(p.fraction() * 100.0);
@@ -253,10 +260,21 @@ impl Transcoder {
                 }
             }
         };
+        let encode_started = Instant::now();
         let result = tokio::select! {
             r = encode => r,
             _ = announce => unreachable!("the announcer never ends"),
         };
+        self.metrics.progress.set(0.0);
+        self.metrics.fps.set(0.0);
+        self.metrics.handbrake_exit(&match &result {
+            Ok(()) => "0".to_owned(),
+            Err(rafty_handbrake::Error::Exit { code, .. }) => code.to_string(),
+            Err(rafty_handbrake::Error::Signal { .. }) => "signal".to_owned(),
+            Err(rafty_handbrake::Error::Cancelled) => "stopped".to_owned(),
+            Err(rafty_handbrake::Error::Stalled { .. }) => "stalled".to_owned(),
+            Err(_) => "not-run".to_owned(),
+        });
         result.map_err(hb_failure)?;
 
         let scanned = self
@@ -298,6 +316,9 @@ impl Transcoder {
             ..template
         };
         output::commit(temp, path, &sidecar)?;
+        self.metrics
+            .encode_seconds
+            .observe(encode_started.elapsed().as_secs_f64());
         info!(output = %path.display(), secs = got.duration.as_secs_f64(), bytes = size, "output verified and in place");
         Ok(sidecar)
     }
@@ -305,12 +326,36 @@ impl Transcoder {
 
 impl Processor for Transcoder {
     async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome {
+        self.metrics.busy.set(1);
+        let what = match &incoming.job {
+            Ok(job) => format!("encoding {}", job.output.name),
+            Err(_) => "checking a job".to_owned(),
+        };
+        let inhibitor = crate::inhibit::inhibit_sleep(&what).await;
         let result = self.run(incoming, events).await;
+        drop(inhibitor);
         set_activity(&self.activity, |a| *a = None);
+        self.metrics.busy.set(0);
         match result {
-            Ok(event) => Outcome::Done(event),
+            Ok(event) => {
+                self.metrics.job(if event["skipped"] == true {
+                    "skipped"
+                } else {
+                    "done"
+                });
+                Outcome::Done(event)
+            }
             Err(failure) => {
                 warn!(error = %failure, kind = failure.kind(), "job failed");
+                self.metrics.job(match rafty_core::classify(&failure) {
+                    rafty_core::Class::Requeue => "requeued",
+                    rafty_core::Class::Retryable
+                        if self.topology.retry_queue_for(incoming.attempt).is_some() =>
+                    {
+                        "retried"
+                    }
+                    _ => "dead",
+                });
                 Outcome::Failed(failure)
             }
         }
