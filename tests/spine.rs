@@ -768,3 +768,57 @@ fn drain_stops_a_worker_taking_new_jobs_while_its_current_one_completes_and_resu
         worker.log()
     );
 }
+
+#[test]
+fn watch_prints_progress_lines_of_a_real_encode_ending_at_100_percent() {
+    let env = env("watch");
+    setup(&env);
+    let mut watch = Command::new(bin("raftyctl"))
+        .arg("watch")
+        .env("RAFTY_CONFIG", env.config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says so on stderr once its queue is bound.
+    let mut err = std::io::BufReader::new(watch.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    assert!(first.contains("watching"), "{first}");
+
+    let id = env.submit(
+        &env.add_iso(&fixture_iso("LONG", &[120]), "Watched.iso"),
+        &[],
+    );
+    let mut worker = env.worker(&env.config(), &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    std::thread::sleep(Duration::from_millis(500));
+    watch.interrupt();
+    let out = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let progress: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains(&id[..8]) && l.contains(" fps"))
+        .collect();
+    assert!(
+        !progress.is_empty(),
+        "progress lines while encoding:\n{out}"
+    );
+    let last = lines.last().expect("some output");
+    assert!(
+        last.contains("Watched") && last.contains("100.0 %") && last.contains("done"),
+        "ends at 100 %:\n{out}"
+    );
+}
+
+trait Interrupt {
+    fn interrupt(&mut self);
+}
+
+impl Interrupt for std::process::Child {
+    /// SIGINT, as Ctrl-C would: watch closes its connection and exits.
+    fn interrupt(&mut self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.id() as i32), Signal::SIGINT)
+            .unwrap();
+    }
+}

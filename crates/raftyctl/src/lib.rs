@@ -6,6 +6,7 @@
 pub mod deadletter;
 pub mod status;
 pub mod submit;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live progress of every rip and encode: bars on a terminal, one line per event otherwise.
+    Watch,
     /// Workers on HOST finish their current job and take no new one until `resume` (`*`: every host).
     Drain {
         /// Host name, as `raftyctl status` shows it
@@ -109,6 +112,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
     match cli.command {
         Command::Setup => setup(&loaded).await,
         Command::Status { json } => status::run(&loaded, json).await,
+        Command::Watch => watch::run(&loaded).await,
         Command::Drain { host } => status::steer(&loaded, "drain", &host).await,
         Command::Resume { host } => status::steer(&loaded, "resume", &host).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
