@@ -822,3 +822,102 @@ impl Interrupt for std::process::Child {
             .unwrap();
     }
 }
+
+#[test]
+fn a_custom_preset_file_is_used_and_an_unknown_preset_is_dead_lettered_with_the_list() {
+    let env = env("presets");
+    let fixture = fixture_iso("SMALL", &[12]);
+    // A preset of our own, exported by HandBrakeCLI itself: 320x240, low quality.
+    let preset_file = env.path().join("tiny.json");
+    let exported = Command::new("HandBrakeCLI")
+        .args(["--preset-export", "Rafty Tiny", "--preset-export-file"])
+        .arg(&preset_file)
+        .args([
+            "-Z",
+            "Very Fast 480p30",
+            "-w",
+            "320",
+            "-l",
+            "240",
+            "-q",
+            "40",
+            "-t",
+            "1",
+            "-i",
+        ])
+        .arg(&fixture)
+        .arg("-o")
+        .arg(env.path().join("export-probe.mkv"))
+        .output()
+        .unwrap();
+    assert!(
+        exported.status.success() && preset_file.exists(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let cfg = env.write_config(
+        "presets.toml",
+        None,
+        &[("preset-files", &format!("[\"{}\"]", preset_file.display()))],
+    );
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("raftyctl"))
+            .args(args)
+            .env("RAFTY_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split('\t')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let tiny = env.add_iso(&fixture, "tiny.iso");
+    ctl(&["submit", "--preset", "Rafty Tiny", tiny.to_str().unwrap()]);
+    let nope = ctl(&[
+        "submit",
+        "--preset",
+        "No Such Preset",
+        "--name",
+        "nope",
+        tiny.to_str().unwrap(),
+    ]);
+    let mut worker = env.worker(&cfg, &["--max-jobs", "2"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(env.media_dir.join("tiny.mkv"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "320,240",
+        "the custom preset's size"
+    );
+
+    let dead = env.amqp().wait_get(DEAD_QUEUE, Duration::from_secs(10));
+    assert_eq!(dead.message_id.as_deref(), Some(nope.as_str()));
+    assert_eq!(dead.header("x-rafty-attempt"), "0");
+    let reason = dead.header("x-rafty-error");
+    assert!(
+        reason.contains("\"No Such Preset\"")
+            && reason.contains("Very Fast 480p30")
+            && reason.contains("Rafty Tiny"),
+        "{reason}"
+    );
+}

@@ -13,5 +13,5 @@
 mod parse;
 mod process;
 
-pub use parse::{Progress, Scan, Title, complaint, parse_progress, parse_scan};
+pub use parse::{Progress, Scan, Title, complaint, parse_preset_list, parse_progress, parse_scan};
 pub use process::{EncodeRequest, Error, HandBrake};

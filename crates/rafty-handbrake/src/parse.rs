@@ -202,6 +202,39 @@ pub fn parse_scan(stdout: &str) -> Result<Scan, String> {
     })
 }
 
+/// Preset names from `HandBrakeCLI -z` (written to stderr, after HandBrake's start-up log): built-ins
+/// are indented four spaces under a `Category/` line; presets imported with `--preset-import-file`
+/// stand at the left margin; descriptions are indented deeper (or four spaces under an import).
+pub fn parse_preset_list(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut started = false;
+    let mut in_category = false;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let name = line.trim();
+        if name.is_empty() {
+            continue;
+        }
+        if indent == 0 && name.ends_with('/') {
+            started = true;
+            in_category = true;
+            continue;
+        }
+        if !started {
+            continue;
+        }
+        match indent {
+            0 if name != "HandBrake has exited." && !name.starts_with('[') => {
+                names.push(name.to_owned());
+                in_category = false;
+            }
+            4 if in_category => names.push(name.to_owned()),
+            _ => {}
+        }
+    }
+    names
+}
+
 /// The lines of HandBrake's log that say what went wrong, for an error message a user can act on.
 pub fn complaint(log_tail: &[String]) -> String {
     const SIGNS: [&str; 8] = [
@@ -288,6 +321,25 @@ mod tests {
         );
         assert!(parse_scan("No title found.\n").is_err());
         assert!(parse_scan("JSON Title Set: {\"TitleList\": 5}").is_err());
+    }
+
+    #[test]
+    fn preset_lists_with_categories_and_imports() {
+        let text = "[17:21:32] hb_init: starting libhb thread\nCannot load libnvidia-encode.so.1\n\
+            General/\n    Very Fast 1080p30\n        Small H.264 video (up to 1080p30) and AAC stereo audio, in\n\
+            \x20       an MP4 container.\n    Fast 480p30\n        Small.\nCLI Defaults/\n    CLI Default\n\
+            Rafty Tiny\n    Small H.264 video (up to 480p30) and AAC stereo audio, in an\n    MP4 container.\n\
+            HandBrake has exited.\n";
+        assert_eq!(
+            parse_preset_list(text),
+            [
+                "Very Fast 1080p30",
+                "Fast 480p30",
+                "CLI Default",
+                "Rafty Tiny"
+            ]
+        );
+        assert!(parse_preset_list("no list here\n").is_empty());
     }
 
     #[test]

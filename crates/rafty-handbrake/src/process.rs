@@ -155,6 +155,25 @@ impl HandBrake {
         }
     }
 
+    /// The presets this HandBrake knows: its built-ins and those of the preset files (`-z`).
+    pub async fn presets(&self) -> Result<Vec<String>, Error> {
+        let mut cmd = self.command();
+        if !self.preset_files.is_empty() {
+            cmd.arg("--preset-import-file").args(&self.preset_files);
+        }
+        cmd.arg("-z");
+        let child = self.start(&mut cmd)?;
+        let out = child.wait_with_output().await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let log: Vec<String> = text.lines().map(str::to_owned).collect();
+        check_status(out.status, &log)?;
+        Ok(crate::parse::parse_preset_list(&text))
+    }
+
     /// Scan every title of `input` (`--scan --json -t 0`).
     pub async fn scan(&self, input: &Path, timeout: Duration) -> Result<Scan, Error> {
         let mut cmd = self.command();

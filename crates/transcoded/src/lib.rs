@@ -104,6 +104,21 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         .version()
         .await
         .map_err(|e| StartError::Unavailable(e.to_string()))?;
+    let presets = handbrake.presets().await.map_err(|e| {
+        StartError::Config(format!(
+            "HandBrakeCLI cannot list its presets (check [transcode] preset-files in {}): {e}",
+            loaded.source_name()
+        ))
+    })?;
+    if !presets.is_empty() && !presets.contains(&t.preset) {
+        return Err(StartError::Config(format!(
+            "[transcode] preset = {:?} in {} is not a preset of this HandBrakeCLI; it has: {}",
+            t.preset,
+            loaded.source_name(),
+            presets.join(", ")
+        ))
+        .into());
+    }
     for dir in [&t.scratch_dir, &t.output_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
             warn!(dir = %dir.display(), error = %e, "cannot create directory; jobs will be retried until it can be written");
@@ -144,7 +159,8 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         shutdown.clone(),
         activity,
         metrics,
-    );
+    )
+    .with_presets(presets);
     let options = WorkerOptions {
         url,
         app_id: "transcoded".to_owned(),

@@ -34,6 +34,8 @@ pub struct Transcoder {
     host: String,
     shutdown: Shutdown,
     activity: Activity,
+    /// The presets this worker's HandBrake knows (empty: unknown, HandBrake decides).
+    presets: Vec<String>,
 }
 
 /// What this worker is doing now, for `raftyctl status` (`None` when idle).
@@ -71,7 +73,14 @@ impl Transcoder {
             host: loaded.host(),
             shutdown,
             activity,
+            presets: Vec::new(),
         }
+    }
+
+    /// The presets this worker has, so a job naming another is refused with the list.
+    pub fn with_presets(mut self, presets: Vec<String>) -> Self {
+        self.presets = presets;
+        self
     }
 
     async fn run(
@@ -95,6 +104,14 @@ impl Transcoder {
             .preset
             .clone()
             .unwrap_or_else(|| self.default_preset.clone());
+        if !self.presets.is_empty() && !self.presets.contains(&preset) {
+            return Err(Failure::UnknownPreset(format!(
+                "{preset:?} is not a preset of this worker ({}); it has: {}. Name one of these, or add a \
+                 preset file to [transcode] preset-files",
+                self.host,
+                self.presets.join(", ")
+            )));
+        }
         let source = resolve_source(&job.source.path, &self.path_map, &self.source_roots)?;
         let source_size = std::fs::metadata(&source)
             .map_err(|e| Failure::SourceUnavailable(format!("{}: {e}", source.display())))?

@@ -66,3 +66,23 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string(), "{v}");
     }
 }
+
+#[test]
+fn an_unknown_default_preset_exits_78_listing_the_presets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("worker.toml");
+    std::fs::write(&cfg, "[transcode]\npreset = \"Fast 9000p\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_transcoded"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Fast 9000p")
+            && err.contains("worker.toml")
+            && err.contains("Very Fast 480p30"),
+        "{err}"
+    );
+}
