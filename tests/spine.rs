@@ -921,3 +921,72 @@ fn a_custom_preset_file_is_used_and_an_unknown_preset_is_dead_lettered_with_the_
         "{reason}"
     );
 }
+
+#[test]
+fn a_series_disc_is_split_into_title_jobs_that_two_workers_share_and_disc_done_lists_them() {
+    let env = env("fanout");
+    setup(&env);
+    // Three episodes (14, 13, 12 s), a 5 s decoy, and a copy of the first episode's layout.
+    let iso = env.add_iso(
+        &fixture_iso("SERIES_DISC", &[14, 13, 12, 5, 14]),
+        "Series Disc.iso",
+    );
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let a = env.write_config("a.toml", Some("worker-a"), &[]);
+    let b = env.write_config("b.toml", Some("worker-b"), &[]);
+    let mut wa = env.worker(&a, &[]);
+    let mut wb = env.worker(&b, &[]);
+    wait_for("two consumers", Duration::from_secs(30), || {
+        (amqp.counts(WORK_QUEUE).1 == 2).then_some(())
+    });
+    let disc = env.submit(&iso, &["--titles", "min=10"]);
+
+    let split = amqp.wait_event(&tap, "split", JOB_TIMEOUT, |v| v["id"] == disc.as_str());
+    assert_eq!(
+        split["titles"],
+        serde_json::json!([1, 2, 3]),
+        "decoy (4) and duplicate (5) dropped: {split}"
+    );
+    let done = amqp.wait_event(&tap, "disc.done", JOB_TIMEOUT, |v| {
+        v["disc"] == disc.as_str()
+    });
+    let outputs: Vec<&str> = done["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert_eq!(outputs.len(), 3, "{done}");
+    for (t, secs) in [(1, 14.0), (2, 13.0), (3, 12.0)] {
+        let path = env.media_dir.join(format!("Series Disc - t{t:02}.mkv"));
+        assert!(outputs.contains(&path.to_str().unwrap()), "{outputs:?}");
+        let got = probe_secs(&path);
+        assert!((got - secs).abs() < 1.5, "title {t}: {got} s");
+    }
+    let events = amqp.drain_events(&tap);
+    let mut hosts: Vec<&str> = events
+        .iter()
+        .filter(|(k, v)| k == "rafty.transcode.done" && v["disc"] == disc.as_str())
+        .map(|(_, v)| v["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 3, "one done per title");
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(
+        hosts,
+        ["worker-a", "worker-b"],
+        "both workers encoded titles"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|(k, v)| k == "rafty.transcode.done" && v["id"] == disc.as_str()),
+        "the disc job itself is split, not done"
+    );
+    wa.signal(Signal::SIGTERM);
+    wb.signal(Signal::SIGTERM);
+    assert!(wa.wait(Duration::from_secs(30)).success());
+    assert!(wb.wait(Duration::from_secs(30)).success());
+    assert_eq!(env.media_files().len(), 6, "{:?}", env.media_files());
+}

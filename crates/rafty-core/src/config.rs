@@ -32,6 +32,9 @@ pub struct Config {
     pub rip: RipConfig,
     /// The transcode worker.
     pub transcode: TranscodeConfig,
+    /// `[notify]`: read and checked by `rafty-notify` (docs/notifications.md); the other programs
+    /// accept it so that one file serves them all.
+    pub notify: Option<toml::Table>,
 }
 
 /// `[broker]`: how to reach RabbitMQ.
@@ -520,6 +523,13 @@ mod tests {
         let example = include_str!("../../../config/rafty.toml");
         let config = Config::parse(example).unwrap();
         assert_eq!(config.transcode.retry_delays.len(), 4);
+    }
+
+    #[test]
+    fn the_notifier_section_is_accepted_and_left_to_it() {
+        let config =
+            Config::parse("[notify]\nntfy = [\"https://ntfy.sh/x\"]\nanything = 1\n").unwrap();
+        assert!(config.notify.unwrap().contains_key("ntfy"));
     }
 
     #[test]

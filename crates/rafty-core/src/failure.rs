@@ -63,6 +63,9 @@ pub enum Failure {
     OutputConflict(String),
     /// The worker was asked to stop in the middle of the job.
     Shutdown,
+    /// The broker did not take what the job needed to publish (title jobs, an event): not the job's
+    /// fault, so it goes back to the queue.
+    Broker(String),
 }
 
 impl Failure {
@@ -81,6 +84,7 @@ impl Failure {
             Failure::OutputTruncated(_) => "output-truncated",
             Failure::OutputConflict(_) => "output-conflict",
             Failure::Shutdown => "shutdown",
+            Failure::Broker(_) => "broker",
         }
     }
 }
@@ -102,6 +106,7 @@ impl fmt::Display for Failure {
             Failure::OutputTruncated(m) => write!(f, "output failed verification: {m}"),
             Failure::OutputConflict(m) => write!(f, "output name taken: {m}"),
             Failure::Shutdown => write!(f, "the worker was asked to stop"),
+            Failure::Broker(m) => write!(f, "the broker did not take a publish: {m}"),
         }
     }
 }
@@ -124,7 +129,7 @@ pub fn classify(failure: &Failure) -> Class {
         | Failure::OutputUnwritable(_)
         | Failure::DiskFull(_)
         | Failure::OutputTruncated(_) => Class::Retryable,
-        Failure::Shutdown => Class::Requeue,
+        Failure::Shutdown | Failure::Broker(_) => Class::Requeue,
     }
 }
 
@@ -152,6 +157,7 @@ mod tests {
             (Failure::Stalled(m()), Class::Retryable),
             (Failure::HandBrakeKilled(m()), Class::Retryable),
             (Failure::Shutdown, Class::Requeue),
+            (Failure::Broker(m()), Class::Requeue),
         ];
         for (failure, want) in table {
             assert_eq!(classify(&failure), want, "{failure:?}");

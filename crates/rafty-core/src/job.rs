@@ -36,6 +36,32 @@ pub struct Job {
     /// Where the job came from (for logs and dead letters).
     #[serde(default)]
     pub origin: Origin,
+    /// Set on a title job that a worker split from a disc job, so each title of a disc can be
+    /// encoded by a different worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// One title of a disc job, as a job of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// The disc job it was split from.
+    pub disc: Uuid,
+    /// The title to encode.
+    pub title: u32,
+    /// Its output file name, relative to the output directory.
+    pub output: String,
+    /// Every output of the disc, this one included, so the worker that finishes the last one can
+    /// announce the whole disc (`rafty.transcode.disc.done`).
+    pub outputs: Vec<String>,
+}
+
+impl Part {
+    /// The id of the title job for `title` of disc job `disc`: the same on every split of the same
+    /// disc job, so a split repeated after a crash makes the same jobs (and the same outputs).
+    pub fn job_id(disc: Uuid, title: u32) -> Uuid {
+        Uuid::new_v5(&disc, format!("title-{title}").as_bytes())
+    }
 }
 
 /// The disc image a job reads.
@@ -231,6 +257,7 @@ impl Job {
             encode: Encode::default(),
             output: Output { name: output_name },
             origin,
+            part: None,
         }
     }
 
@@ -260,6 +287,17 @@ impl Job {
     /// Check what serde cannot: the output name is one safe path component, the source path absolute.
     pub fn validate(&self) -> Result<(), JobError> {
         validate_output_name(&self.output.name)?;
+        if let Some(part) = &self.part {
+            for name in std::iter::once(&part.output).chain(&part.outputs) {
+                validate_output_name(name)?;
+            }
+            if !part.outputs.contains(&part.output) {
+                return Err(JobError::Invalid(format!(
+                    "part: {:?} is not among its disc's outputs",
+                    part.output
+                )));
+            }
+        }
         let path = &self.source.path;
         if !path.is_absolute() || path.as_os_str().as_encoded_bytes().contains(&0) {
             return Err(JobError::BadSourcePath(path.clone()));

@@ -81,6 +81,8 @@ pub struct Title {
     pub duration: Duration,
     /// Number of chapters.
     pub chapters: usize,
+    /// Length of each chapter (the layout that tells duplicate titles apart).
+    pub chapter_durations: Vec<Duration>,
     /// Number of audio tracks.
     pub audio_tracks: usize,
     /// Frame width and height.
@@ -133,11 +135,18 @@ struct RawTitle {
     index: u32,
     duration: RawDuration,
     #[serde(default)]
-    chapter_list: Vec<serde_json::Value>,
+    chapter_list: Vec<RawChapter>,
     #[serde(default)]
     audio_list: Vec<serde_json::Value>,
     #[serde(default)]
     geometry: Option<RawGeometry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawChapter {
+    #[serde(default)]
+    duration: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +171,17 @@ struct RawGeometry {
     height: u32,
 }
 
+impl RawDuration {
+    fn to_duration(&self) -> Duration {
+        // Ticks are 90 kHz and exact; the h/m/s fields are rounded.
+        if self.ticks > 0 {
+            Duration::from_micros(self.ticks * 100 / 9)
+        } else {
+            Duration::from_secs(self.hours * 3600 + self.minutes * 60 + self.seconds)
+        }
+    }
+}
+
 const SCAN_MARKER: &str = "JSON Title Set:";
 
 /// Parse the title set from scan stdout, which mixes `Version: {...}`, libdvdread banners and a
@@ -180,17 +200,21 @@ pub fn parse_scan(stdout: &str) -> Result<Scan, String> {
         .title_list
         .into_iter()
         .map(|t| {
-            let d = &t.duration;
-            // Ticks are 90 kHz and exact; the h/m/s fields are rounded.
-            let duration = if d.ticks > 0 {
-                Duration::from_micros(d.ticks * 100 / 9)
-            } else {
-                Duration::from_secs(d.hours * 3600 + d.minutes * 60 + d.seconds)
-            };
+            let duration = t.duration.to_duration();
             Title {
                 index: t.index,
                 duration,
                 chapters: t.chapter_list.len(),
+                chapter_durations: t
+                    .chapter_list
+                    .iter()
+                    .map(|c| {
+                        c.duration
+                            .as_ref()
+                            .map(RawDuration::to_duration)
+                            .unwrap_or_default()
+                    })
+                    .collect(),
                 audio_tracks: t.audio_list.len(),
                 size: t.geometry.map(|g| (g.width, g.height)).unwrap_or((0, 0)),
             }

@@ -119,6 +119,9 @@ impl Incoming {
 pub enum Outcome {
     /// The job's outputs are in place; `event` is the body of the `done` event.
     Done(serde_json::Value),
+    /// The job was split into title jobs, each published and confirmed; `event` is the body of the
+    /// `split` event.
+    Split(serde_json::Value),
     /// The job failed; [`classify`] decides what happens next.
     Failed(Failure),
 }
@@ -138,6 +141,8 @@ pub struct Stats {
     pub settled: u64,
     /// Jobs done.
     pub done: u64,
+    /// Disc jobs split into title jobs.
+    pub split: u64,
     /// Jobs copied to a retry rung.
     pub retried: u64,
     /// Jobs parked in the dead-letter queue.
@@ -151,6 +156,8 @@ pub struct Stats {
 pub enum Settled {
     /// Acked after the `done` event was confirmed.
     Done,
+    /// Acked after its title jobs and the `split` event were confirmed.
+    Split,
     /// Copied to this retry queue (confirmed), then acked.
     Retried(String),
     /// Copied to the dead-letter exchange (confirmed), then acked.
@@ -174,6 +181,11 @@ pub async fn settle(
             publisher.publish_event("done", &event).await?;
             ack(incoming).await?;
             Settled::Done
+        }
+        Outcome::Split(event) => {
+            publisher.publish_event("split", &event).await?;
+            ack(incoming).await?;
+            Settled::Split
         }
         Outcome::Failed(failure) => {
             let class = classify(&failure);
@@ -235,6 +247,7 @@ pub async fn settle(
             };
             let event = json!({
                 "id": incoming.id(),
+                "name": incoming.job.as_ref().ok().map(|j| j.output.name.clone()),
                 "host": host,
                 "attempt": incoming.attempt,
                 "error-kind": failure.kind(),
@@ -472,6 +485,7 @@ async fn session<P: Processor>(
             stats.settled += 1;
             match &settled {
                 Settled::Done => stats.done += 1,
+                Settled::Split => stats.split += 1,
                 Settled::Retried(_) => stats.retried += 1,
                 Settled::Dead => stats.dead += 1,
                 Settled::Requeued => stats.requeued += 1,

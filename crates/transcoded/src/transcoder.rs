@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rafty_core::config::{Container, Loaded};
+use rafty_core::job::Part;
+use rafty_core::names::WORK_QUEUE;
 use rafty_core::paths::resolve_source;
 use rafty_core::{Failure, Job, TitleSelection};
 use rafty_handbrake::{EncodeRequest, HandBrake, Scan, Title};
@@ -83,11 +85,7 @@ impl Transcoder {
         self
     }
 
-    async fn run(
-        &self,
-        incoming: &Incoming,
-        events: &Publisher,
-    ) -> Result<serde_json::Value, Failure> {
+    async fn run(&self, incoming: &Incoming, events: &Publisher) -> Result<Outcome, Failure> {
         let job = incoming
             .job
             .as_ref()
@@ -120,12 +118,18 @@ impl Transcoder {
 
         let scan = self.scan(&source).await?;
         let titles = choose_titles(&job.encode.titles, &scan, &source)?;
+        if job.part.is_none() && titles.len() > 1 {
+            return self.split(job, &titles, incoming, events).await;
+        }
         let single = titles.len() == 1 && job.encode.titles == TitleSelection::MainFeature;
 
         let mut outputs = Vec::new();
         let mut skipped = 0;
         for title in &titles {
-            let file = output_name(&job.output.name, title.index, single, self.container);
+            let file = match &job.part {
+                Some(part) => part.output.clone(),
+                None => output_name(&job.output.name, title.index, single, self.container),
+            };
             let path = self.output_dir.join(&file);
             let sidecar = Sidecar {
                 job_id: job.id.to_string(),
@@ -163,10 +167,14 @@ impl Transcoder {
                 .await?;
             outputs.push(output_event(&path, &done, false));
         }
-        Ok(json!({
+        if let Some(part) = &job.part {
+            self.announce_disc_if_complete(job, part, events).await?;
+        }
+        Ok(Outcome::Done(json!({
             "id": job.id,
             "host": self.host,
             "name": job.output.name,
+            "disc": job.part.as_ref().map(|p| p.disc),
             "outputs": outputs,
             "skipped": skipped == titles.len(),
             "attempt": incoming.attempt,
@@ -174,7 +182,80 @@ impl Transcoder {
             "handbrake": self.handbrake_version,
             "elapsed-secs": started.elapsed().as_secs_f64(),
             "finished-at": now(),
-        }))
+        })))
+    }
+
+    /// Publish one title job per title (each confirmed) so that several workers encode the titles of
+    /// one disc at once. Title job ids and output names are functions of the disc job and the title,
+    /// so a split repeated after a crash makes the same jobs, whose outputs are recognised as done.
+    async fn split(
+        &self,
+        job: &Job,
+        titles: &[Title],
+        incoming: &Incoming,
+        events: &Publisher,
+    ) -> Result<Outcome, Failure> {
+        let outputs: Vec<String> = titles
+            .iter()
+            .map(|t| output_name(&job.output.name, t.index, false, self.container))
+            .collect();
+        let mut ids = Vec::new();
+        for (title, output) in titles.iter().zip(&outputs) {
+            let mut part = job.clone();
+            part.id = Part::job_id(job.id, title.index);
+            part.encode.titles = TitleSelection::List(vec![title.index]);
+            part.part = Some(Part {
+                disc: job.id,
+                title: title.index,
+                output: output.clone(),
+                outputs: outputs.clone(),
+            });
+            let props = events.job_properties(&part, 0);
+            events
+                .publish("", WORK_QUEUE, &part.to_json(), props, true)
+                .await
+                .map_err(|e| Failure::Broker(e.to_string()))?;
+            ids.push(part.id);
+        }
+        info!(titles = ?titles.iter().map(|t| t.index).collect::<Vec<_>>(), "split into title jobs");
+        Ok(Outcome::Split(json!({
+            "id": job.id,
+            "host": self.host,
+            "name": job.output.name,
+            "attempt": incoming.attempt,
+            "titles": titles.iter().map(|t| t.index).collect::<Vec<_>>(),
+            "jobs": ids,
+            "outputs": outputs,
+        })))
+    }
+
+    /// After a title job: when every output of its disc is in place, announce the disc. The last two
+    /// titles may finish at once, so the event can come twice; it is safe to receive twice.
+    async fn announce_disc_if_complete(
+        &self,
+        job: &Job,
+        part: &Part,
+        events: &Publisher,
+    ) -> Result<(), Failure> {
+        let paths: Vec<PathBuf> = part
+            .outputs
+            .iter()
+            .map(|o| self.output_dir.join(o))
+            .collect();
+        if !paths
+            .iter()
+            .all(|p| p.exists() && output::sidecar_path(p).exists())
+        {
+            return Ok(());
+        }
+        info!(disc = %part.disc, outputs = paths.len(), "every title of the disc is done");
+        events
+            .publish_event(
+                "disc.done",
+                &json!({"disc": part.disc, "host": self.host, "name": job.output.name, "outputs": paths}),
+            )
+            .await
+            .map_err(|e| Failure::Broker(e.to_string()))
     }
 
     async fn scan(&self, input: &Path) -> Result<Scan, Failure> {
@@ -354,13 +435,13 @@ impl Processor for Transcoder {
         set_activity(&self.activity, |a| *a = None);
         self.metrics.busy.set(0);
         match result {
-            Ok(event) => {
-                self.metrics.job(if event["skipped"] == true {
-                    "skipped"
-                } else {
-                    "done"
+            Ok(outcome) => {
+                self.metrics.job(match &outcome {
+                    Outcome::Done(event) if event["skipped"] == true => "skipped",
+                    Outcome::Split(_) => "split",
+                    _ => "done",
                 });
-                Outcome::Done(event)
+                outcome
             }
             Err(failure) => {
                 warn!(error = %failure, kind = failure.kind(), "job failed");
@@ -434,12 +515,13 @@ pub fn choose_titles(
             }
             out
         }
-        TitleSelection::MinDuration { secs } => scan
-            .titles
-            .iter()
-            .filter(|t| t.duration >= Duration::from_secs(*secs))
-            .cloned()
-            .collect(),
+        TitleSelection::MinDuration { secs } => drop_duplicates(
+            scan.titles
+                .iter()
+                .filter(|t| t.duration >= Duration::from_secs(*secs))
+                .cloned()
+                .collect(),
+        ),
     };
     if chosen.is_empty() {
         return Err(Failure::HandBrakeExit {
@@ -452,6 +534,33 @@ pub fn choose_titles(
         });
     }
     Ok(chosen)
+}
+
+/// Drop titles that repeat an earlier one: the same length and the same chapter layout (to the
+/// second). DVDs often carry such copies, as decoys or as alternate angles of one film.
+pub fn drop_duplicates(titles: Vec<Title>) -> Vec<Title> {
+    let key = |t: &Title| -> (u64, Vec<u64>) {
+        (
+            t.duration.as_secs_f64().round() as u64,
+            t.chapter_durations
+                .iter()
+                .map(|d| d.as_secs_f64().round() as u64)
+                .collect(),
+        )
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    for t in titles {
+        if seen.insert(key(&t)) {
+            kept.push(t);
+        } else {
+            info!(
+                title = t.index,
+                "title skipped: a duplicate of an earlier one"
+            );
+        }
+    }
+    kept
 }
 
 /// The failure a HandBrake error stands for.
@@ -478,6 +587,7 @@ mod tests {
             index,
             duration: Duration::from_secs(secs),
             chapters: 1,
+            chapter_durations: vec![Duration::from_secs(secs)],
             audio_tracks: 1,
             size: (720, 480),
         }
@@ -503,6 +613,21 @@ mod tests {
             matches!(idx(TitleSelection::List(vec![9])), Err(Failure::BadMessage(m)) if m.contains("title 9"))
         );
         assert!(idx(TitleSelection::MinDuration { secs: 999 }).is_err());
+    }
+
+    #[test]
+    fn duplicates_are_dropped_by_length_and_chapter_layout() {
+        let mut a = title(1, 30);
+        a.chapter_durations = vec![Duration::from_secs(10), Duration::from_secs(20)];
+        let mut same = title(4, 30);
+        same.chapter_durations = a.chapter_durations.clone();
+        let mut other_layout = title(5, 30);
+        other_layout.chapter_durations = vec![Duration::from_secs(15), Duration::from_secs(15)];
+        let kept: Vec<u32> = drop_duplicates(vec![a, title(2, 12), same, other_layout])
+            .iter()
+            .map(|t| t.index)
+            .collect();
+        assert_eq!(kept, [1, 2, 5]);
     }
 
     #[test]

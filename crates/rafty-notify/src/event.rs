@@ -1,0 +1,378 @@
+//! An event as the notifier passes it on: the JSON envelope for webhooks and commands, and the one-line
+//! text, title and tags for ntfy. Only fields that the event bodies carry are used (docs/protocol.md,
+//! "Events"); a missing field degrades the text, never the delivery.
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::config::EventKind;
+
+/// Longest text sent to ntfy, in characters (ntfy's limit is 4096 bytes; errors can be long).
+const MAX_TEXT_CHARS: usize = 1000;
+
+/// One event taken from the notifier's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its JSON body, as the publisher sent it.
+    pub body: Value,
+}
+
+fn field<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
+    body.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// `45 s`, `12 min 3 s`, `2 h 5 min`.
+pub fn human_secs(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => match s % 60 {
+            0 => format!("{} min", s / 60),
+            r => format!("{} min {r} s", s / 60),
+        },
+        _ => match (s % 3600) / 60 {
+            0 => format!("{} h", s / 3600),
+            m => format!("{} h {m} min", s / 3600),
+        },
+    }
+}
+
+/// `5.8 GiB`, `640.0 MiB`, `512 bytes`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn truncate(text: String) -> String {
+    // One line: a newline in an error would cut the notification short on some clients.
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= MAX_TEXT_CHARS {
+        one_line
+    } else {
+        let mut t: String = one_line.chars().take(MAX_TEXT_CHARS - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+impl Event {
+    /// The job id (transcode events' `id`, `rip.done`'s `job`), if the body has one.
+    pub fn job_id(&self) -> Option<&str> {
+        field(&self.body, "id").or_else(|| field(&self.body, "job"))
+    }
+
+    /// What a transcode event is about: the output name when the body has one (`done` does), else the
+    /// job id (`failed` carries only the id).
+    fn subject(&self, short: bool) -> String {
+        match (field(&self.body, "name"), self.job_id()) {
+            (Some(name), _) => name.to_owned(),
+            (None, Some(id)) if short => format!("job {}", short_id(id)),
+            (None, Some(id)) => format!("job {id}"),
+            (None, None) => "a job".to_owned(),
+        }
+    }
+
+    fn host_part(&self) -> String {
+        field(&self.body, "host")
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default()
+    }
+
+    fn image_name(&self) -> Option<String> {
+        field(&self.body, "image").map(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.to_owned())
+        })
+    }
+
+    /// Whether a failed job gave up for good (dead-lettered) rather than waiting for a retry.
+    fn gave_up(&self) -> bool {
+        match self.kind {
+            EventKind::TranscodeFailed => field(&self.body, "next") == Some("dead-letter"),
+            EventKind::RipFailed => true,
+            _ => false,
+        }
+    }
+
+    /// The one-line text of a notification, e.g. `Feature Disc done on attic-pc (1 output, 45 s)`.
+    pub fn text(&self) -> String {
+        let b = &self.body;
+        let text = match self.kind {
+            EventKind::TranscodeDone => {
+                let outputs = b.get("outputs").and_then(Value::as_array).map(Vec::len);
+                let mut details = Vec::new();
+                if let Some(n) = outputs {
+                    details.push(format!("{n} output{}", if n == 1 { "" } else { "s" }));
+                }
+                if b.get("skipped").and_then(Value::as_bool) == Some(true) {
+                    details.push("already done, nothing encoded".to_owned());
+                } else if let Some(secs) = b.get("elapsed-secs").and_then(Value::as_f64) {
+                    details.push(human_secs(secs));
+                }
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join(", "))
+                };
+                format!("{} done{}{details}", self.subject(false), self.host_part())
+            }
+            EventKind::TranscodeFailed => {
+                let error = field(b, "error").unwrap_or("no reason given");
+                let attempt = b.get("attempt").and_then(Value::as_u64);
+                let next = match field(b, "next") {
+                    Some("dead-letter") => {
+                        Some("gave up, see raftyctl dead-letter list".to_owned())
+                    }
+                    Some("requeued") => Some("handed back to the queue".to_owned()),
+                    Some(q) => Some(match q.strip_prefix("rafty.transcode.retry.") {
+                        Some(delay) => format!("retried in {delay}"),
+                        None => format!("next: {q}"),
+                    }),
+                    None => None,
+                };
+                let mut details = Vec::new();
+                if let Some(a) = attempt {
+                    details.push(format!("attempt {}", a + 1));
+                }
+                details.extend(next);
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join("; "))
+                };
+                format!(
+                    "{} failed{}: {error}{details}",
+                    self.subject(false),
+                    self.host_part()
+                )
+            }
+            EventKind::RipDone => {
+                let device = field(b, "device").unwrap_or("a drive");
+                let image = self.image_name().unwrap_or_else(|| "an image".to_owned());
+                let mut details = Vec::new();
+                if let Some(size) = b.get("size").and_then(Value::as_u64) {
+                    details.push(human_bytes(size));
+                }
+                if let Some(h) = field(b, "host") {
+                    details.push(h.to_owned());
+                }
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join(", "))
+                };
+                format!("rip of {device} done: {image}{details}")
+            }
+            EventKind::RipFailed => {
+                let device = field(b, "device").unwrap_or("a drive");
+                let error = field(b, "error").unwrap_or("no reason given");
+                let exit = b
+                    .get("exit")
+                    .and_then(Value::as_i64)
+                    .map(|e| format!(" (exit {e})"))
+                    .unwrap_or_default();
+                format!("rip of {device} failed{}: {error}{exit}", self.host_part())
+            }
+        };
+        truncate(text)
+    }
+
+    /// The notification's title, e.g. `Rafty: Feature Disc done`.
+    pub fn title(&self) -> String {
+        let title = match self.kind {
+            EventKind::TranscodeDone => format!("Rafty: {} done", self.subject(true)),
+            EventKind::TranscodeFailed => format!("Rafty: {} failed", self.subject(true)),
+            EventKind::RipDone => match self.image_name() {
+                Some(image) => format!("Rafty: {image} ripped"),
+                None => "Rafty: disc ripped".to_owned(),
+            },
+            EventKind::RipFailed => match field(&self.body, "device") {
+                Some(d) => format!("Rafty: rip of {d} failed"),
+                None => "Rafty: rip failed".to_owned(),
+            },
+        };
+        truncate(title)
+    }
+
+    /// ntfy tags (emoji short codes), comma-separated.
+    pub fn tags(&self) -> &'static str {
+        match self.kind {
+            EventKind::TranscodeDone => "white_check_mark,movie_camera",
+            EventKind::TranscodeFailed if self.gave_up() => "x,movie_camera",
+            EventKind::TranscodeFailed => "warning,movie_camera",
+            EventKind::RipDone => "white_check_mark,cd",
+            EventKind::RipFailed => "x,cd",
+        }
+    }
+
+    /// ntfy priority: `high` for failures nobody will retry, else none (ntfy's default).
+    pub fn priority(&self) -> Option<&'static str> {
+        self.gave_up().then_some("high")
+    }
+
+    /// What webhooks get as JSON and commands on stdin:
+    /// `{"event", "routing-key", "title", "text", "body"}`, `body` being the event exactly as published.
+    pub fn envelope(&self) -> Value {
+        json!({
+            "event": self.kind.name(),
+            "routing-key": self.routing_key,
+            "title": self.title(),
+            "text": self.text(),
+            "body": self.body,
+        })
+    }
+}
+
+/// A header value that HTTP can carry: as is when it is printable ASCII, else an RFC 2047 encoded word
+/// (`=?UTF-8?B?…?=`), which ntfy decodes.
+pub fn header_value(text: &str) -> String {
+    if text.chars().all(|c| c.is_ascii() && !c.is_ascii_control()) {
+        text.to_owned()
+    } else {
+        let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(clean.as_bytes())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, body: Value) -> Event {
+        Event {
+            kind,
+            routing_key: kind.routing_key(),
+            body,
+        }
+    }
+
+    #[test]
+    fn texts_use_the_fields_of_the_bodies() {
+        let done = event(
+            EventKind::TranscodeDone,
+            json!({"id": "4a28126f-a798-4e74-8212-bd07180314b4", "host": "attic-pc", "name": "Feature Disc",
+                   "outputs": [{"path": "/m/Feature Disc.mkv", "title": 1, "duration-secs": 45.0, "size": 1, "skipped": false}],
+                   "skipped": false, "attempt": 0, "preset": "Fast 1080p30", "handbrake": "HandBrake 1.6.1",
+                   "elapsed-secs": 45.2, "finished-at": "2026-11-23T16:58:18Z"}),
+        );
+        assert_eq!(
+            done.text(),
+            "Feature Disc done on attic-pc (1 output, 45 s)"
+        );
+        assert_eq!(done.title(), "Rafty: Feature Disc done");
+        assert_eq!(done.priority(), None);
+
+        let failed = event(
+            EventKind::TranscodeFailed,
+            json!({"id": "4a28126f-a798-4e74-8212-bd07180314b4", "host": "attic-pc", "attempt": 1,
+                   "error-kind": "handbrake", "error-class": "permanent",
+                   "error": "HandBrakeCLI exited with status 2:\n No title found.", "next": "dead-letter"}),
+        );
+        assert_eq!(
+            failed.text(),
+            "job 4a28126f-a798-4e74-8212-bd07180314b4 failed on attic-pc: HandBrakeCLI exited with status 2: \
+             No title found. (attempt 2; gave up, see raftyctl dead-letter list)"
+        );
+        assert_eq!(failed.title(), "Rafty: job 4a28126f failed");
+        assert_eq!(failed.tags(), "x,movie_camera");
+        assert_eq!(failed.priority(), Some("high"));
+
+        let retry = event(
+            EventKind::TranscodeFailed,
+            json!({"id": "x", "attempt": 0, "error": "disk full", "next": "rafty.transcode.retry.30s"}),
+        );
+        assert_eq!(
+            retry.text(),
+            "job x failed: disk full (attempt 1; retried in 30s)"
+        );
+        assert_eq!(retry.tags(), "warning,movie_camera");
+
+        let ripped = event(
+            EventKind::RipDone,
+            json!({"device": "/dev/sr0", "image": "/var/lib/rafty/iso/FEATURE_DISC.iso",
+                   "job": "4a28126f", "size": 6119424u64, "host": "attic-pc"}),
+        );
+        assert_eq!(
+            ripped.text(),
+            "rip of /dev/sr0 done: FEATURE_DISC.iso (5.8 MiB, attic-pc)"
+        );
+        assert_eq!(ripped.title(), "Rafty: FEATURE_DISC.iso ripped");
+        assert_eq!(ripped.job_id(), Some("4a28126f"));
+
+        let rip_failed = event(
+            EventKind::RipFailed,
+            json!({"device": "/dev/sr0", "error": "12 sectors unreadable", "exit": 74, "host": "attic-pc"}),
+        );
+        assert_eq!(
+            rip_failed.text(),
+            "rip of /dev/sr0 failed on attic-pc: 12 sectors unreadable (exit 74)"
+        );
+    }
+
+    #[test]
+    fn missing_fields_degrade_the_text() {
+        assert_eq!(
+            event(EventKind::TranscodeDone, json!({})).text(),
+            "a job done"
+        );
+        assert_eq!(
+            event(EventKind::RipFailed, json!({})).text(),
+            "rip of a drive failed: no reason given"
+        );
+        let long = event(EventKind::RipFailed, json!({"error": "e".repeat(5000)}));
+        assert_eq!(long.text().chars().count(), MAX_TEXT_CHARS);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(human_secs(45.2), "45 s");
+        assert_eq!(human_secs(723.0), "12 min 3 s");
+        assert_eq!(human_secs(7500.0), "2 h 5 min");
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(6_227_020_800), "5.8 GiB");
+    }
+
+    #[test]
+    fn non_ascii_headers_are_encoded_words() {
+        assert_eq!(
+            header_value("Rafty: Feature Disc done"),
+            "Rafty: Feature Disc done"
+        );
+        assert_eq!(header_value("é"), "=?UTF-8?B?w6k=?=");
+    }
+
+    #[test]
+    fn the_envelope_keeps_the_body() {
+        let body = json!({"id": "x", "name": "N", "host": "h"});
+        let e = event(EventKind::TranscodeDone, body.clone());
+        let env = e.envelope();
+        assert_eq!(env["event"], "transcode.done");
+        assert_eq!(env["routing-key"], "rafty.transcode.done");
+        assert_eq!(env["body"], body);
+        assert_eq!(env["text"], "N done on h");
+    }
+}
