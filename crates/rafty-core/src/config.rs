@@ -379,6 +379,39 @@ impl Loaded {
             message,
         };
         let t = &self.config.transcode;
+        for (key, value) in [
+            (
+                "[broker] confirm-timeout",
+                self.config.broker.confirm_timeout,
+            ),
+            ("[rip] broker-timeout", self.config.rip.broker_timeout),
+            ("[transcode] stall-timeout", t.stall_timeout),
+            ("[transcode] heartbeat-interval", t.heartbeat_interval),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!("{key} must be longer than zero")));
+            }
+        }
+        let r = &self.config.rip;
+        for (key, path) in [
+            ("[rip] iso-dir", &r.iso_dir),
+            ("[rip] spool-dir", &r.spool_dir),
+            ("[transcode] output-dir", &t.output_dir),
+            ("[transcode] scratch-dir", &t.scratch_dir),
+        ]
+        .into_iter()
+        .chain(
+            t.source_roots
+                .iter()
+                .map(|p| ("[transcode] source-roots", p)),
+        ) {
+            if !path.is_absolute() {
+                return Err(invalid(format!(
+                    "{key}: {} must be an absolute path (services do not run in your directory)",
+                    path.display()
+                )));
+            }
+        }
         if t.retry_delays.iter().any(|d| d.is_zero()) {
             return Err(invalid(
                 "[transcode] retry-delays: a delay of zero would retry in a tight loop".into(),

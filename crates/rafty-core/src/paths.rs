@@ -47,7 +47,18 @@ pub fn resolve_source(
             roots_shown()
         )));
     }
-    if !roots.iter().any(|root| mapped.starts_with(root)) {
+    // Roots may be reached through symlinks (and producers publish canonical paths), so a path counts
+    // as inside when it is under a root as written or under the root's real location; the check after
+    // canonicalisation below is the one that confines.
+    let real_roots: Vec<PathBuf> = roots
+        .iter()
+        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
+        .collect();
+    if !roots
+        .iter()
+        .chain(&real_roots)
+        .any(|root| mapped.starts_with(root))
+    {
         return Err(Failure::SourceOutsideRoots(format!(
             "{shown} is outside the allowed source roots ({}); add its directory to [transcode] source-roots or path-map",
             roots_shown()
@@ -55,10 +66,6 @@ pub fn resolve_source(
     }
     let real = std::fs::canonicalize(&mapped)
         .map_err(|e| Failure::SourceUnavailable(format!("{shown}: {e}")))?;
-    let real_roots: Vec<PathBuf> = roots
-        .iter()
-        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
-        .collect();
     if !real_roots.iter().any(|root| real.starts_with(root)) {
         return Err(Failure::SourceOutsideRoots(format!(
             "{shown} resolves to {}, outside the allowed source roots ({})",
@@ -128,6 +135,12 @@ mod tests {
             resolve_source(&root.join("missing.iso"), &none, &roots),
             Err(Failure::SourceUnavailable(_))
         ));
+        // A root reached through a symlink accepts the canonical paths producers publish.
+        let link = base.join("root-link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let canonical = root.canonicalize().unwrap().join("ok.iso");
+        assert!(resolve_source(&canonical, &none, std::slice::from_ref(&link)).is_ok());
+        assert!(resolve_source(&link.join("ok.iso"), &none, &[link]).is_ok());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

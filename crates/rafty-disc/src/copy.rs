@@ -284,6 +284,8 @@ pub fn copy(
             }
             pos += want as u64;
             if last_save.elapsed() >= SAVE_EVERY {
+                // The data first: a map saying "copied" must never outlive the bytes it describes.
+                out.sync_data().map_err(|e| write_err(part, e))?;
                 map.save(map_path).map_err(|e| write_err(map_path, e))?;
                 last_save = Instant::now();
             }
@@ -322,6 +324,8 @@ pub fn copy(
             map.set(pos, want as u64, if ok { FINISHED } else { BAD });
             pos += want as u64;
             if last_save.elapsed() >= SAVE_EVERY {
+                // The data first: a map saying "copied" must never outlive the bytes it describes.
+                out.sync_data().map_err(|e| write_err(part, e))?;
                 map.save(map_path).map_err(|e| write_err(map_path, e))?;
                 last_save = Instant::now();
             }

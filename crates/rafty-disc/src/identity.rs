@@ -55,8 +55,15 @@ pub fn image_base_name(label: Option<&str>) -> String {
             }
         })
         .collect();
+    let cleaned = cleaned.replace("..", "_");
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
-    let cleaned: String = cleaned.chars().take(100).collect();
+    // At most 100 bytes (on a character boundary): with " (NN).iso" and the worker's " - tNN.mkv" and
+    // ".rafty.json" it stays well inside a file name's 255 bytes and a job's 180-byte output name.
+    let mut end = cleaned.len().min(100);
+    while !cleaned.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cleaned = cleaned[..end].trim_end().to_owned();
     if cleaned.is_empty() {
         "disc".to_owned()
     } else {
@@ -133,7 +140,21 @@ pub fn plan(dir: &Path, base: &str, fp: &str, duplicate: DuplicatePolicy) -> io:
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !taken_by_partial => {
-                return Ok(copy_plan(image, false));
+                // Claim the name by creating the partial file: two drives copying discs with one
+                // label at once get different names, never one partial file.
+                let plan = copy_plan(image, false);
+                let Plan::Copy { part, .. } = &plan else {
+                    unreachable!("a copy plan")
+                };
+                match std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(part)
+                {
+                    Ok(_) => return Ok(plan),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -149,10 +170,16 @@ mod tests {
     #[test]
     fn names_from_labels() {
         assert_eq!(image_base_name(Some("FEATURE_DISC")), "FEATURE_DISC");
-        assert_eq!(image_base_name(Some("../a/b\u{7}")), "_a_b_");
+        assert_eq!(image_base_name(Some("../a/b\u{7}")), "__a_b_");
         assert_eq!(image_base_name(Some("   ")), "disc");
         assert_eq!(image_base_name(None), "disc");
         assert_eq!(image_base_name(Some(&"x".repeat(300))).len(), 100);
+        assert_eq!(
+            image_base_name(Some(&"é".repeat(300))).len(),
+            100,
+            "bytes, not characters"
+        );
+        assert_eq!(image_base_name(Some("A..B")), "A_B");
     }
 
     #[test]
@@ -187,7 +214,7 @@ mod tests {
             plan(dir.path(), "LABEL", &fa, DuplicatePolicy::Skip).unwrap(),
             Plan::AlreadyDone(dir.path().join("LABEL.iso"))
         );
-        let Plan::Copy { image, .. } =
+        let Plan::Copy { image, part, .. } =
             plan(dir.path(), "LABEL", &fa, DuplicatePolicy::Copy).unwrap()
         else {
             panic!()
@@ -197,6 +224,17 @@ mod tests {
             dir.path().join("LABEL (2).iso"),
             "policy copy: a second image"
         );
+        assert!(
+            part.exists(),
+            "the plan claims its name with the partial file"
+        );
+        assert!(
+            matches!(plan(dir.path(), "LABEL", &fa, DuplicatePolicy::Copy).unwrap(),
+                Plan::Copy { image, .. } if image == dir.path().join("LABEL (3).iso")),
+            "a claimed name is not given twice"
+        );
+        std::fs::remove_file(part).unwrap();
+        std::fs::remove_file(dir.path().join("LABEL (3).iso.part")).unwrap();
         let Plan::Copy {
             image, part, map, ..
         } = plan(dir.path(), "LABEL", &fb, DuplicatePolicy::Skip).unwrap()

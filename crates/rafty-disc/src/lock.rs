@@ -37,7 +37,9 @@ pub enum LockError {
 impl DriveLock {
     /// Take the lock for `device` under `dir` without waiting.
     pub fn acquire(dir: &Path, device: &Path) -> Result<DriveLock, LockError> {
-        let name: String = device
+        // /dev/cdrom and /dev/sr0 are one drive: lock the real node.
+        let real = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+        let name: String = real
             .to_string_lossy()
             .trim_start_matches('/')
             .chars()

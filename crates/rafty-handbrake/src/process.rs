@@ -345,8 +345,19 @@ async fn drain_stderr(
     tail: Arc<Mutex<VecDeque<String>>>,
     activity: Arc<Mutex<Instant>>,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    // Bytes, not `lines()`: HandBrake logs names from the disc and the file system as they are, and a
+    // line that is not UTF-8 must not end the drain (HandBrake would then die of SIGPIPE).
+    let mut reader = BufReader::new(stderr);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&raw)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
         *activity.lock().expect("not poisoned") = Instant::now();
         tracing::trace!(target: "handbrake", "{line}");
         let mut tail = tail.lock().expect("not poisoned");

@@ -413,8 +413,11 @@ async fn session<P: Processor>(
         _control = Some(AbortOnDrop(
             crate::control::serve(&conn, handler.clone()).await?,
         ));
+        // Its own channel: a broker return is matched to whichever confirm completes next on a
+        // channel, and must never be taken by a heartbeat instead of a job's copy.
+        let beats = Publisher::open(&conn, &opts.app_id, opts.confirm_timeout).await?;
         _heartbeat = Some(AbortOnDrop(tokio::spawn(heartbeat(
-            publisher.clone(),
+            beats,
             handler.clone(),
             opts.heartbeat,
         ))));
@@ -434,6 +437,14 @@ async fn session<P: Processor>(
                     return Ok(SessionEnd::Finished);
                 }
                 _ = paused.changed() => continue,
+                // Drained, nothing else wakes this loop: notice a lost connection, or the worker
+                // would stay disconnected (and deaf to `resume`) until restarted.
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if !conn.status().connected() {
+                        return Err(Error::ConsumerEnded(format!("{WORK_QUEUE} (connection lost while drained)")));
+                    }
+                    continue;
+                }
             }
         }
         let active = match consumer.as_mut() {

@@ -375,9 +375,17 @@ async fn rip_locked(
             "accepting an image with unreadable sectors (accept-holes = true); they are zeros"
         );
     }
-    // Complete (or accepted): into place without ever replacing another image.
-    std::fs::hard_link(&part, &image)
-        .and_then(|_| std::fs::remove_file(&part))
+    // Complete (or accepted): into place without ever replacing another image. The partial name and
+    // the map stay until the job is confirmed or in the outbox: a crash before that resumes (reading
+    // nothing) and publishes, instead of finding an "already copied" disc whose job never went out.
+    let linked = match std::fs::hard_link(&part, &image) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && same_file(&part, &image) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    linked
         .and_then(|_| std::fs::File::open(&rip.iso_dir)?.sync_all())
         .map_err(|e| {
             RipError::Other(format!(
@@ -386,9 +394,6 @@ async fn rip_locked(
                 image.display()
             ))
         })?;
-    if holes == 0 {
-        let _ = std::fs::remove_file(&map);
-    }
     info!(image = %image.display(), sha256 = report.sha256.as_deref().unwrap_or(""), bytes = size, read_this_run = report.read_this_run, "image complete");
 
     let job = Job::new(
@@ -404,10 +409,7 @@ async fn rip_locked(
             label: info.label.clone(),
             unreadable_sectors: (holes > 0).then_some(holes),
         },
-        image
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| base.clone()),
+        output_name_for(&image, &fingerprint),
         Origin {
             host: loaded.host(),
             device: Some(device.display().to_string()),
@@ -425,8 +427,16 @@ async fn rip_locked(
         Some(ev) => ev.deliver(&outbox, &entry).await,
         None => Err("the broker was not reachable".to_owned()),
     };
+    let done_with_partial = || {
+        let _ = std::fs::remove_file(&part);
+        if holes == 0 {
+            let _ = std::fs::remove_file(&map);
+        }
+        let _ = std::fs::File::open(&rip.iso_dir).and_then(|d| d.sync_all());
+    };
     match published {
         Ok(()) => {
+            done_with_partial();
             info!(job_id = %entry.job.id, routing_key = %entry.routing_key, "job published");
             if let Some(ev) = &events {
                 ev.send(
@@ -447,11 +457,37 @@ async fn rip_locked(
                     outbox.dir().display()
                 ))
             })?;
+            done_with_partial();
             warn!(
                 reason = %why, file = %file.display(),
                 "job kept in the outbox; `raftyctl outbox flush` or the next rip delivers it"
             );
             Ok(Ripped::Outboxed { image, file })
+        }
+    }
+}
+
+/// Whether two paths name one file (a link made before a crash).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// The job's output name: the image's name, or `disc-<fingerprint>` when a label makes a name a worker
+/// would refuse.
+fn output_name_for(image: &Path, fingerprint: &str) -> String {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match rafty_core::job::validate_output_name(&stem) {
+        Ok(()) => stem,
+        Err(e) => {
+            warn!(error = %e, "the image's name cannot name the output; using the disc's fingerprint");
+            format!("disc-{fingerprint}")
         }
     }
 }

@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, short, env = ENV_CONFIG, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Exit 0 after this many deliveries are settled (done, retried, dead-lettered or handed back)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
     /// Log format on stderr: human or json
     #[arg(long, default_value = "human", value_name = "FORMAT")]

@@ -122,57 +122,141 @@ pub fn temp_path(output: &Path, job_id: &str) -> PathBuf {
         .file_name()
         .expect("outputs have a file name")
         .to_string_lossy();
+    // A nonce besides the job and the pid: workers in containers all run as pid 1, and two of them
+    // may encode one job at once (a redelivery after a lost connection).
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     output.with_file_name(format!(
-        ".{name}.{}.{}.part",
+        ".{name}.{}.{}.{}.part",
         &job_id[..job_id.len().min(8)],
-        std::process::id()
+        std::process::id(),
+        &nonce[..8]
     ))
 }
 
 /// Create the temporary file to prove the directory is writable before HandBrake runs.
 pub fn prepare(dir: &Path, temp: &Path) -> Result<(), Failure> {
     fs::create_dir_all(dir).map_err(|e| io_failure(dir, &e))?;
-    File::create(temp).map_err(|e| io_failure(temp, &e))?;
+    File::create_new(temp).map_err(|e| io_failure(temp, &e))?;
     Ok(())
 }
 
-/// Make the verified temporary file the output: sidecar first, then the video (never replacing a file).
-pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<(), Failure> {
+fn read_sidecar(path: &Path) -> Option<Sidecar> {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Failure> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_failure(dir, &e))
+}
+
+/// How a commit ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Our file is the output now.
+    Ours,
+    /// The same work finished elsewhere first (a redelivery raced us); its output stands, ours is gone.
+    Theirs,
+}
+
+/// Make the verified temporary file the output: sidecar first, then the video. Neither is ever put
+/// over another job's: both go in with hard links, which fail when the name is taken, and a sidecar
+/// already there is replaced only when its video never arrived (a crashed attempt).
+pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<Committed, Failure> {
     let dir = output.parent().expect("outputs have a directory");
     let side = sidecar_path(output);
     let side_temp = temp.with_extension("sidecar");
-    let write_sidecar = |sidecar: &Sidecar| -> io::Result<()> {
+    let cleanup = || {
+        let _ = fs::remove_file(temp);
+        let _ = fs::remove_file(&side_temp);
+    };
+    let written = (|| -> io::Result<()> {
         let mut f = File::create(&side_temp)?;
         f.write_all(&serde_json::to_vec_pretty(sidecar).expect("sidecars serialize"))?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&side_temp, &side)
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        cleanup();
+        return Err(io_failure(&side_temp, &e));
+    }
+    let conflict = |found: &Sidecar| {
+        Failure::OutputConflict(format!(
+            "{} is being made by job {} from {}; move it away or submit with another output name",
+            output.display(),
+            found.job_id,
+            found.source_path.display()
+        ))
     };
-    write_sidecar(sidecar).map_err(|e| {
-        let _ = fs::remove_file(&side_temp);
-        io_failure(&side, &e)
-    })?;
+    // The sidecar: linked if the name is free; else decide by what is there.
+    loop {
+        match fs::hard_link(&side_temp, &side) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let found = read_sidecar(&side);
+                let video = output.exists();
+                match (found, video) {
+                    (Some(f), true) if f.same_work(sidecar) => {
+                        cleanup();
+                        return Ok(Committed::Theirs);
+                    }
+                    (Some(f), true) => {
+                        cleanup();
+                        return Err(conflict(&f));
+                    }
+                    (None, true) => {
+                        cleanup();
+                        return Err(Failure::OutputConflict(format!(
+                            "{} already exists and was not made by Rafty; move it away or submit with another output name",
+                            output.display()
+                        )));
+                    }
+                    // No video: a crashed attempt's sidecar (or an unreadable one). Ours replaces it.
+                    (_, false) => {
+                        fs::rename(&side_temp, &side).map_err(|e| {
+                            cleanup();
+                            io_failure(&side, &e)
+                        })?;
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                cleanup();
+                return Err(io_failure(&side, &e));
+            }
+        }
+    }
+    let _ = fs::remove_file(&side_temp);
+    sync_dir(dir)?;
     File::open(temp)
         .and_then(|f| f.sync_all())
         .map_err(|e| io_failure(temp, &e))?;
     match fs::hard_link(temp, output) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // Another worker finished the same job in the moment since existing() looked (a
-            // redelivery raced us): its copy stands, and the sidecar is made to describe it.
-            let _ = fs::remove_file(temp);
-            let theirs = fs::metadata(output).map_err(|e| io_failure(output, &e))?;
-            let mut fixed = sidecar.clone();
-            fixed.output_size = theirs.len();
-            return write_sidecar(&fixed).map_err(|e| io_failure(&side, &e));
+            // The same work finished in the moment between our sidecar and our video: the sidecar on
+            // disk says whose the video is.
+            cleanup();
+            return match read_sidecar(&side) {
+                Some(f) if f.same_work(sidecar) => Ok(Committed::Theirs),
+                Some(f) => Err(conflict(&f)),
+                None => Err(Failure::OutputConflict(format!(
+                    "{} appeared without a sidecar",
+                    output.display()
+                ))),
+            };
         }
-        Err(e) => return Err(io_failure(output, &e)),
+        Err(e) => {
+            cleanup();
+            return Err(io_failure(output, &e));
+        }
     }
     fs::remove_file(temp).map_err(|e| io_failure(temp, &e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_failure(dir, &e))?;
-    Ok(())
+    sync_dir(dir)?;
+    Ok(Committed::Ours)
 }
 
 /// Turn an I/O error on `path` into the failure class it deserves.
@@ -218,7 +302,7 @@ mod tests {
         fs::write(&temp, b"abc").unwrap();
         let mine = sidecar("job-1", 1);
         assert!(matches!(existing(&out, &mine).unwrap(), Existing::Absent));
-        commit(&temp, &out, &mine).unwrap();
+        assert_eq!(commit(&temp, &out, &mine).unwrap(), Committed::Ours);
         assert!(!temp.exists());
         assert_eq!(fs::read(&out).unwrap(), b"abc");
         assert!(matches!(existing(&out, &mine).unwrap(), Existing::Done(_)));
@@ -239,5 +323,45 @@ mod tests {
             Err(Failure::OutputConflict(_))
         ));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_jobs_racing_for_one_name_never_swap_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("same name.mkv");
+        let (a, b) = (sidecar("job-a", 1), sidecar("job-b", 7));
+        // Both checked before either committed.
+        assert!(matches!(existing(&out, &a).unwrap(), Existing::Absent));
+        assert!(matches!(existing(&out, &b).unwrap(), Existing::Absent));
+        let (ta, tb) = (temp_path(&out, "aaaaaaaa"), temp_path(&out, "bbbbbbbb"));
+        prepare(dir.path(), &ta).unwrap();
+        prepare(dir.path(), &tb).unwrap();
+        fs::write(&ta, b"from a").unwrap();
+        fs::write(&tb, b"from b").unwrap();
+        assert_eq!(commit(&ta, &out, &a).unwrap(), Committed::Ours);
+        assert!(matches!(
+            commit(&tb, &out, &b),
+            Err(Failure::OutputConflict(_))
+        ));
+        assert_eq!(fs::read(&out).unwrap(), b"from a");
+        let side: Sidecar = serde_json::from_slice(&fs::read(sidecar_path(&out)).unwrap()).unwrap();
+        assert_eq!(side.job_id, "job-a", "a's sidecar stands");
+        assert!(!tb.exists(), "the loser's temporary file is removed");
+
+        // The same work racing: the second finds the first's output and stands down.
+        let tc = temp_path(&out, "cccccccc");
+        prepare(dir.path(), &tc).unwrap();
+        assert_eq!(
+            commit(&tc, &out, &sidecar("job-a", 1)).unwrap(),
+            Committed::Theirs
+        );
+        assert!(!tc.exists());
+
+        // A sidecar whose video never arrived (a crash in between) is replaced.
+        let other = dir.path().join("other.mkv");
+        fs::write(sidecar_path(&other), serde_json::to_vec(&b).unwrap()).unwrap();
+        let td = temp_path(&other, "dddddddd");
+        prepare(dir.path(), &td).unwrap();
+        assert_eq!(commit(&td, &other, &a).unwrap(), Committed::Ours);
     }
 }

@@ -413,7 +413,16 @@ impl Transcoder {
             finished_at: now(),
             ..template
         };
-        output::commit(temp, path, &sidecar)?;
+        let sidecar = match output::commit(temp, path, &sidecar)? {
+            output::Committed::Ours => sidecar,
+            output::Committed::Theirs => {
+                info!(output = %path.display(), "the same work finished elsewhere first; its output stands");
+                std::fs::read(output::sidecar_path(path))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(sidecar)
+            }
+        };
         self.metrics
             .encode_seconds
             .observe(encode_started.elapsed().as_secs_f64());
