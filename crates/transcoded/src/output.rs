@@ -191,42 +191,39 @@ pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<Committed
         ))
     };
     // The sidecar: linked if the name is free; else decide by what is there.
-    loop {
-        match fs::hard_link(&side_temp, &side) {
-            Ok(()) => break,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let found = read_sidecar(&side);
-                let video = output.exists();
-                match (found, video) {
-                    (Some(f), true) if f.same_work(sidecar) => {
+    match fs::hard_link(&side_temp, &side) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let found = read_sidecar(&side);
+            let video = output.exists();
+            match (found, video) {
+                (Some(f), true) if f.same_work(sidecar) => {
+                    cleanup();
+                    return Ok(Committed::Theirs);
+                }
+                (Some(f), true) => {
+                    cleanup();
+                    return Err(conflict(&f));
+                }
+                (None, true) => {
+                    cleanup();
+                    return Err(Failure::OutputConflict(format!(
+                        "{} already exists and was not made by Rafty; move it away or submit with another output name",
+                        output.display()
+                    )));
+                }
+                // No video: a crashed attempt's sidecar (or an unreadable one). Ours replaces it.
+                (_, false) => {
+                    fs::rename(&side_temp, &side).map_err(|e| {
                         cleanup();
-                        return Ok(Committed::Theirs);
-                    }
-                    (Some(f), true) => {
-                        cleanup();
-                        return Err(conflict(&f));
-                    }
-                    (None, true) => {
-                        cleanup();
-                        return Err(Failure::OutputConflict(format!(
-                            "{} already exists and was not made by Rafty; move it away or submit with another output name",
-                            output.display()
-                        )));
-                    }
-                    // No video: a crashed attempt's sidecar (or an unreadable one). Ours replaces it.
-                    (_, false) => {
-                        fs::rename(&side_temp, &side).map_err(|e| {
-                            cleanup();
-                            io_failure(&side, &e)
-                        })?;
-                        break;
-                    }
+                        io_failure(&side, &e)
+                    })?;
                 }
             }
-            Err(e) => {
-                cleanup();
-                return Err(io_failure(&side, &e));
-            }
+        }
+        Err(e) => {
+            cleanup();
+            return Err(io_failure(&side, &e));
         }
     }
     let _ = fs::remove_file(&side_temp);
