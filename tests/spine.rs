@@ -990,3 +990,58 @@ fn a_series_disc_is_split_into_title_jobs_that_two_workers_share_and_disc_done_l
     assert!(wb.wait(Duration::from_secs(30)).success());
     assert_eq!(env.media_files().len(), 6, "{:?}", env.media_files());
 }
+
+/// A stand-in for HandBrakeCLI that answers the worker's start-up questions and the scan like the real
+/// one, then starts an encode and stops making progress. The real HandBrakeCLI cannot be made to hang
+/// on demand, and the stall watchdog is what this exercises.
+fn hanging_handbrake(dir: &Path) -> std::path::PathBuf {
+    let script = dir.join("HandBrakeCLI");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+case " $* " in
+  *" --version "*) echo "HandBrake 1.6.1"; exit 0 ;;
+  *" -z "*) printf 'General/\n    Very Fast 480p30\n' >&2; exit 0 ;;
+  *" --scan "*)
+    echo 'JSON Title Set: {"MainFeature": -1, "TitleList": [{"Index": 1, "Duration": {"Ticks": 1800000}, "AudioList": [{}]}]}'
+    exit 0 ;;
+esac
+printf 'Encoding: task 1 of 1, 10.00 %%\r'
+echo "[00:00:01] decoding..." >&2
+exec sleep 600
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_stalled_encode_is_stopped_cleaned_up_and_retried() {
+    let env = env("stall");
+    let fake = hanging_handbrake(env.path());
+    let cfg = env.write_config(
+        "stall.toml",
+        None,
+        &[
+            ("handbrake", &format!("\"{}\"", fake.display())),
+            ("stall-timeout", "\"2s\""),
+        ],
+    );
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "stuck.iso");
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let id = env.submit(&iso, &[]);
+    let mut worker = env.worker(&cfg, &["--max-jobs", "1"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    let failed = amqp.wait_event(&tap, "failed", Duration::from_secs(10), |v| {
+        v["id"] == id.as_str()
+    });
+    assert_eq!(failed["error-kind"], "stalled", "{failed}");
+    assert_eq!(failed["next"], "rafty.transcode.retry.1s");
+    assert!(
+        env.media_files().is_empty(),
+        "no partial left: {:?}",
+        env.media_files()
+    );
+}

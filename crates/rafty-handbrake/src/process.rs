@@ -258,11 +258,15 @@ impl HandBrake {
         let stderr = child.stderr.take().expect("stderr is piped");
 
         let activity = Arc::new(Mutex::new(Instant::now()));
+        // Before the first progress line (HandBrake's own scan), log lines count as life; after it,
+        // only progress does: a HandBrake looping on decode errors without moving is stalled.
+        let progressing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
         let drain = tokio::spawn(drain_stderr(
             stderr,
             Arc::clone(&tail),
             Arc::clone(&activity),
+            Arc::clone(&progressing),
         ));
 
         let mut cancel = std::pin::pin!(cancel);
@@ -289,6 +293,7 @@ impl HandBrake {
                                 if overall > last_percent {
                                     last_percent = overall;
                                     *activity.lock().expect("not poisoned") = Instant::now();
+                                    progressing.store(true, std::sync::atomic::Ordering::Relaxed);
                                 }
                                 on_progress(&p);
                             }
@@ -344,6 +349,7 @@ async fn drain_stderr(
     stderr: tokio::process::ChildStderr,
     tail: Arc<Mutex<VecDeque<String>>>,
     activity: Arc<Mutex<Instant>>,
+    progressing: Arc<std::sync::atomic::AtomicBool>,
 ) {
     // Bytes, not `lines()`: HandBrake logs names from the disc and the file system as they are, and a
     // line that is not UTF-8 must not end the drain (HandBrake would then die of SIGPIPE).
@@ -358,7 +364,9 @@ async fn drain_stderr(
         let line = String::from_utf8_lossy(&raw)
             .trim_end_matches(['\n', '\r'])
             .to_owned();
-        *activity.lock().expect("not poisoned") = Instant::now();
+        if !progressing.load(std::sync::atomic::Ordering::Relaxed) {
+            *activity.lock().expect("not poisoned") = Instant::now();
+        }
         tracing::trace!(target: "handbrake", "{line}");
         let mut tail = tail.lock().expect("not poisoned");
         if tail.len() == LOG_TAIL_LINES {
