@@ -275,6 +275,10 @@ fn unit_copies() -> tempfile::TempDir {
             "ExecStart=/usr/local/bin/rip --device /dev/%I",
         ),
         ("transcoded.service", "ExecStart=/usr/local/bin/transcoded"),
+        (
+            "rafty-outbox.service",
+            "ExecStart=/usr/local/bin/raftyctl outbox flush",
+        ),
     ];
     for (unit, exec) in units {
         let body = read(&root.join(unit));
@@ -468,4 +472,30 @@ fn the_units_keep_the_contract_with_rip_and_transcoded() {
         matches!(setting(&td, "Type").as_slice(), [t] if t == "exec" || t == "simple"),
         "transcoded.service Type="
     );
+}
+
+#[test]
+fn the_outbox_timer_and_its_service_verify() {
+    let dir = unit_copies();
+    std::fs::copy(
+        workspace_root().join("systemd/rafty-outbox.timer"),
+        dir.path().join("rafty-outbox.timer"),
+    )
+    .expect("copy the timer");
+    let out = run(Command::new(tool("systemd-analyze"))
+        .arg("verify")
+        .arg(dir.path().join("rafty-outbox.timer"))
+        .arg(dir.path().join("rafty-outbox.service")));
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify rafty-outbox.timer rafty-outbox.service: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
+        out.status
+    );
+    let out = run(Command::new(tool("systemd-analyze"))
+        .args(["security", "--offline=true"])
+        .arg(dir.path().join("rafty-outbox.service")));
+    let (stdout, _) = text(&out);
+    eprintln!("{}", stdout.lines().last().unwrap_or(""));
+    assert!(stdout.contains("Overall exposure level"), "{stdout}");
 }
