@@ -1045,3 +1045,52 @@ fn a_stalled_encode_is_stopped_cleaned_up_and_retried() {
         env.media_files()
     );
 }
+
+#[test]
+fn wanted_audio_languages_are_kept_and_a_disc_without_them_is_not_left_silent() {
+    let env = env("tracks");
+    let cfg = env.write_config(
+        "tracks.toml",
+        None,
+        &[
+            ("audio-languages", "[\"und\"]"),
+            ("subtitle-languages", "[\"eng\"]"),
+        ],
+    );
+    let other = env.write_config("other.toml", None, &[("audio-languages", "[\"fra\"]")]);
+    let fixture = fixture_iso("SMALL", &[12]);
+    let kept = env.add_iso(&fixture, "kept.iso");
+    let fallback = env.add_iso(&fixture, "fallback.iso");
+    for (cfg, iso) in [(&cfg, &kept), (&other, &fallback)] {
+        let out = Command::new(bin("raftyctl"))
+            .args(["submit"])
+            .arg(iso)
+            .env("RAFTY_CONFIG", cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut worker = env.worker(cfg, &["--max-jobs", "1"]);
+        assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    }
+    for name in ["kept.mkv", "fallback.mkv"] {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "a",
+                "-show_entries",
+                "stream=codec_type",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(env.media_dir.join(name))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "audio",
+            "{name} has its sound"
+        );
+    }
+}

@@ -181,6 +181,18 @@ pub struct TranscodeConfig {
     pub heartbeat_interval: Duration,
     /// Where the worker serves Prometheus metrics (`/metrics`), e.g. `127.0.0.1:9108`; unset: none.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Preset for DVD jobs that name none (else `preset`).
+    pub preset_dvd: Option<String>,
+    /// Preset for Blu-ray jobs that name none (else `preset`).
+    pub preset_bluray: Option<String>,
+    /// Keep every audio track in these languages (ISO 639-2: `eng`, `fra`, `und`...); empty: the preset's.
+    pub audio_languages: Vec<String>,
+    /// Keep every subtitle track in these languages; empty: the preset's choice.
+    pub subtitle_languages: Vec<String>,
+    /// Show only forced captions of the kept subtitle tracks (the lines of a foreign-language scene).
+    pub forced_subtitles_only: bool,
+    /// Chapter markers in the output: `true`, `false`, or unset for the preset's choice.
+    pub chapter_markers: Option<bool>,
 }
 
 impl Default for TranscodeConfig {
@@ -205,6 +217,12 @@ impl Default for TranscodeConfig {
             container: Container::Mkv,
             heartbeat_interval: Duration::from_secs(30),
             metrics_address: None,
+            preset_dvd: None,
+            preset_bluray: None,
+            audio_languages: Vec::new(),
+            subtitle_languages: Vec::new(),
+            forced_subtitles_only: false,
+            chapter_markers: Some(true),
         }
     }
 }
@@ -409,6 +427,13 @@ impl Loaded {
                 return Err(invalid(format!(
                     "{key}: {} must be an absolute path (services do not run in your directory)",
                     path.display()
+                )));
+            }
+        }
+        for lang in t.audio_languages.iter().chain(&t.subtitle_languages) {
+            if lang.len() != 3 || !lang.chars().all(|c| c.is_ascii_lowercase()) {
+                return Err(invalid(format!(
+                    "[transcode] audio-languages / subtitle-languages: {lang:?} is not an ISO 639-2 code such as \"eng\""
                 )));
             }
         }

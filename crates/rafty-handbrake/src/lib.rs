@@ -14,4 +14,4 @@ mod parse;
 mod process;
 
 pub use parse::{Progress, Scan, Title, complaint, parse_preset_list, parse_progress, parse_scan};
-pub use process::{EncodeRequest, Error, HandBrake};
+pub use process::{EncodeRequest, Error, HandBrake, Tracks};

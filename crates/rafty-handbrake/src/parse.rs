@@ -85,6 +85,8 @@ pub struct Title {
     pub chapter_durations: Vec<Duration>,
     /// Number of audio tracks.
     pub audio_tracks: usize,
+    /// Language of each audio track (ISO 639-2, `und` when the disc does not say).
+    pub audio_languages: Vec<String>,
     /// Frame width and height.
     pub size: (u32, u32),
 }
@@ -216,6 +218,11 @@ pub fn parse_scan(stdout: &str) -> Result<Scan, String> {
                     })
                     .collect(),
                 audio_tracks: t.audio_list.len(),
+                audio_languages: t
+                    .audio_list
+                    .iter()
+                    .map(|a| a["LanguageCode"].as_str().unwrap_or("und").to_owned())
+                    .collect(),
                 size: t.geometry.map(|g| (g.width, g.height)).unwrap_or((0, 0)),
             }
         })

@@ -85,6 +85,51 @@ pub struct EncodeRequest<'a> {
     pub preset: &'a str,
     /// Container format (`-f`), e.g. `av_mkv`.
     pub format: &'a str,
+    /// Track choices, after the preset (they override it).
+    pub tracks: &'a Tracks,
+}
+
+/// Track choices passed to every encode after the preset (they override it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracks {
+    /// Keep every audio track in these languages (ISO 639-2, e.g. `eng`); empty: the preset's choice.
+    pub audio_languages: Vec<String>,
+    /// Keep every subtitle track in these languages; empty: the preset's choice.
+    pub subtitle_languages: Vec<String>,
+    /// Show only the forced captions of the chosen subtitle tracks.
+    pub forced_subtitles_only: bool,
+    /// Chapter markers on (`true`) or off (`false`); `None`: the preset's choice.
+    pub chapter_markers: Option<bool>,
+}
+
+impl Tracks {
+    /// The HandBrakeCLI arguments for these choices.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if !self.audio_languages.is_empty() {
+            args.extend([
+                "--audio-lang-list".into(),
+                self.audio_languages.join(",").into(),
+                "--all-audio".into(),
+            ]);
+        }
+        if !self.subtitle_languages.is_empty() {
+            args.extend([
+                "--subtitle-lang-list".into(),
+                self.subtitle_languages.join(",").into(),
+                "--all-subtitles".into(),
+            ]);
+            if self.forced_subtitles_only {
+                args.push("--subtitle-forced".into());
+            }
+        }
+        match self.chapter_markers {
+            Some(true) => args.push("--markers".into()),
+            Some(false) => args.push("--no-markers".into()),
+            None => {}
+        }
+        args
+    }
 }
 
 /// A HandBrakeCLI installation and how to call it.
@@ -229,6 +274,7 @@ impl HandBrake {
             args.extend(self.preset_files.iter().map(|p| p.clone().into_os_string()));
         }
         args.extend(["-Z".into(), req.preset.into()]);
+        args.extend(req.tracks.args());
         args.extend(["-i".into(), req.input.as_os_str().to_owned()]);
         args.extend(["-t".into(), req.title.to_string().into()]);
         args.extend(["--min-duration".into(), "0".into()]);
@@ -409,6 +455,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn track_choices_follow_the_preset_on_the_command_line() {
+        let hb = HandBrake::new("HandBrakeCLI".into(), vec![], None, 1);
+        let tracks = Tracks {
+            audio_languages: vec!["eng".into(), "fra".into()],
+            subtitle_languages: vec!["eng".into()],
+            forced_subtitles_only: true,
+            chapter_markers: Some(true),
+        };
+        let args = hb.encode_args(&EncodeRequest {
+            input: Path::new("/iso/a.iso"),
+            title: 1,
+            output: Path::new("/m/.a.part"),
+            preset: "P",
+            format: "av_mkv",
+            tracks: &tracks,
+        });
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let z = args.iter().position(|a| a == "-Z").unwrap();
+        assert_eq!(
+            args[z..z + 10],
+            [
+                "-Z",
+                "P",
+                "--audio-lang-list",
+                "eng,fra",
+                "--all-audio",
+                "--subtitle-lang-list",
+                "eng",
+                "--all-subtitles",
+                "--subtitle-forced",
+                "--markers"
+            ]
+        );
+        let n = hb.encode_args(&EncodeRequest {
+            input: Path::new("/i"),
+            title: 1,
+            output: Path::new("/o"),
+            preset: "P",
+            format: "av_mkv",
+            tracks: &Tracks::default(),
+        });
+        assert!(
+            !n.iter().any(|a| a.to_string_lossy().starts_with("--audio")),
+            "no choice: the preset's"
+        );
+    }
+
+    #[test]
     fn preset_files_come_before_the_preset_name() {
         let hb = HandBrake::new(
             "HandBrakeCLI".into(),
@@ -422,6 +519,7 @@ mod tests {
             output: Path::new("/media/.x.tmp"),
             preset: "My Preset",
             format: "av_mkv",
+            tracks: &Tracks::default(),
         });
         let args: Vec<String> = args
             .iter()

@@ -110,14 +110,22 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
             loaded.source_name()
         ))
     })?;
-    if !presets.is_empty() && !presets.contains(&t.preset) {
-        return Err(StartError::Config(format!(
-            "[transcode] preset = {:?} in {} is not a preset of this HandBrakeCLI; it has: {}",
-            t.preset,
-            loaded.source_name(),
-            presets.join(", ")
-        ))
-        .into());
+    for (key, preset) in [
+        ("preset", Some(&t.preset)),
+        ("preset-dvd", t.preset_dvd.as_ref()),
+        ("preset-bluray", t.preset_bluray.as_ref()),
+    ] {
+        if let Some(preset) = preset
+            && !presets.is_empty()
+            && !presets.contains(preset)
+        {
+            return Err(StartError::Config(format!(
+                "[transcode] {key} = {preset:?} in {} is not a preset of this HandBrakeCLI; it has: {}",
+                loaded.source_name(),
+                presets.join(", ")
+            ))
+            .into());
+        }
     }
     for dir in [&t.scratch_dir, &t.output_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {

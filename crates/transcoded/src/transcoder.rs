@@ -27,6 +27,9 @@ pub struct Transcoder {
     output_dir: PathBuf,
     container: Container,
     default_preset: String,
+    preset_dvd: Option<String>,
+    preset_bluray: Option<String>,
+    tracks: rafty_handbrake::Tracks,
     path_map: std::collections::BTreeMap<PathBuf, PathBuf>,
     source_roots: Vec<PathBuf>,
     stall_timeout: Duration,
@@ -66,6 +69,14 @@ impl Transcoder {
             output_dir: t.output_dir.clone(),
             container: t.container,
             default_preset: t.preset.clone(),
+            preset_dvd: t.preset_dvd.clone(),
+            preset_bluray: t.preset_bluray.clone(),
+            tracks: rafty_handbrake::Tracks {
+                audio_languages: t.audio_languages.clone(),
+                subtitle_languages: t.subtitle_languages.clone(),
+                forced_subtitles_only: t.forced_subtitles_only,
+                chapter_markers: t.chapter_markers,
+            },
             path_map: t.path_map.clone(),
             source_roots: loaded.source_roots(),
             stall_timeout: t.stall_timeout,
@@ -101,6 +112,11 @@ impl Transcoder {
             .encode
             .preset
             .clone()
+            .or_else(|| match job.source.media {
+                rafty_core::Media::Dvd => self.preset_dvd.clone(),
+                rafty_core::Media::Bluray => self.preset_bluray.clone(),
+                rafty_core::Media::Data => None,
+            })
             .unwrap_or_else(|| self.default_preset.clone());
         if !self.presets.is_empty() && !self.presets.contains(&preset) {
             return Err(Failure::UnknownPreset(format!(
@@ -302,12 +318,14 @@ impl Transcoder {
         events: &Publisher,
         template: Sidecar,
     ) -> Result<Sidecar, Failure> {
+        let tracks = tracks_for(&self.tracks, title);
         let request = EncodeRequest {
             input: source,
             title: title.index,
             output: temp,
             preset,
             format: self.container.handbrake_format(),
+            tracks: &tracks,
         };
         info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
         let (tx, mut rx) = tokio::sync::watch::channel(None);
@@ -399,6 +417,7 @@ impl Transcoder {
             )));
         }
         if title.audio_tracks > 0 && got.audio_tracks == 0 {
+            // Sound was there, the languages kept some, and none came out: a broken encode.
             return Err(Failure::OutputTruncated(format!(
                 "title {} has {} audio tracks but the output has none",
                 title.index, title.audio_tracks
@@ -545,6 +564,27 @@ pub fn choose_titles(
     Ok(chosen)
 }
 
+/// The track choices for one title: the configured ones, except that when none of the title's audio
+/// tracks is in the configured languages the preset chooses (a silent film is never what was meant).
+pub fn tracks_for(configured: &rafty_handbrake::Tracks, title: &Title) -> rafty_handbrake::Tracks {
+    let mut tracks = configured.clone();
+    if !tracks.audio_languages.is_empty()
+        && !title
+            .audio_languages
+            .iter()
+            .any(|l| tracks.audio_languages.contains(l))
+    {
+        info!(
+            title = title.index,
+            has = ?title.audio_languages,
+            wanted = ?tracks.audio_languages,
+            "no audio track in the wanted languages; keeping the preset's choice"
+        );
+        tracks.audio_languages.clear();
+    }
+    tracks
+}
+
 /// Drop titles that repeat an earlier one: the same length and the same chapter layout (to the
 /// second). DVDs often carry such copies, as decoys or as alternate angles of one film.
 pub fn drop_duplicates(titles: Vec<Title>) -> Vec<Title> {
@@ -597,6 +637,7 @@ mod tests {
             duration: Duration::from_secs(secs),
             chapters: 1,
             chapter_durations: vec![Duration::from_secs(secs)],
+            audio_languages: vec!["eng".into()],
             audio_tracks: 1,
             size: (720, 480),
         }
@@ -637,6 +678,22 @@ mod tests {
             .map(|t| t.index)
             .collect();
         assert_eq!(kept, [1, 2, 5]);
+    }
+
+    #[test]
+    fn wanted_audio_languages_never_leave_a_title_silent() {
+        let configured = rafty_handbrake::Tracks {
+            audio_languages: vec!["fra".into()],
+            ..Default::default()
+        };
+        let english = title(1, 20);
+        assert!(
+            tracks_for(&configured, &english).audio_languages.is_empty(),
+            "falls back to the preset"
+        );
+        let mut french = title(2, 20);
+        french.audio_languages = vec!["eng".into(), "fra".into()];
+        assert_eq!(tracks_for(&configured, &french).audio_languages, ["fra"]);
     }
 
     #[test]
