@@ -1094,3 +1094,104 @@ fn wanted_audio_languages_are_kept_and_a_disc_without_them_is_not_left_silent() 
         );
     }
 }
+
+#[test]
+fn outputs_land_where_media_servers_expect_them() {
+    let env = env("layout");
+    let cfg = env.write_config(
+        "layout.toml",
+        None,
+        &[
+            ("movie-name", "\"Movies/{name}/{name}\""),
+            ("title-name", "\"Shows/{name}/{name} - s01e{index}\""),
+        ],
+    );
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin("raftyctl"))
+            .args(args)
+            .env("RAFTY_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let movie = env.add_iso(&fixture_iso("FEATURE_DISC", &[20, 12]), "THE_BIG_MOVIE.iso");
+    let show = env.add_iso(
+        &fixture_iso("SERIES_DISC", &[14, 13, 12, 5, 14]),
+        "SOME_SHOW_S1.iso",
+    );
+    ctl(&["submit", movie.to_str().unwrap()]);
+    ctl(&["submit", "--titles", "min=10", show.to_str().unwrap()]);
+    // The movie, the split, and three titles.
+    let mut worker = env.worker(&cfg, &["--max-jobs", "5"]);
+    assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
+    for path in [
+        "Movies/The Big Movie/The Big Movie.mkv",
+        "Shows/Some Show S1/Some Show S1 - s01e01.mkv",
+        "Shows/Some Show S1/Some Show S1 - s01e02.mkv",
+        "Shows/Some Show S1/Some Show S1 - s01e03.mkv",
+    ] {
+        let file = env.media_dir.join(path);
+        assert!(
+            file.exists() && output_sidecar(&file).exists(),
+            "{path} missing: {:?}",
+            env.media_files()
+        );
+    }
+    assert!(
+        (probe_secs(&env.media_dir.join("Movies/The Big Movie/The Big Movie.mkv")) - 20.0).abs()
+            < 1.5
+    );
+}
+
+fn output_sidecar(video: &Path) -> std::path::PathBuf {
+    let mut s = video.as_os_str().to_owned();
+    s.push(".rafty.json");
+    s.into()
+}
+
+#[test]
+fn a_worker_killed_between_title_jobs_leaves_the_rest_to_the_other_and_disc_done_still_comes() {
+    let env = env("killed");
+    setup(&env);
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let iso = env.add_iso(
+        &fixture_iso("SERIES_DISC", &[14, 13, 12, 5, 14]),
+        "Killed Series.iso",
+    );
+    let a = env.write_config("a.toml", Some("doomed"), &[]);
+    let b = env.write_config("b.toml", Some("survivor"), &[]);
+    let mut doomed = env.worker(&a, &[]);
+    doomed.wait_log("waiting for jobs", Duration::from_secs(30));
+    let disc = env.submit(&iso, &["--titles", "min=10"]);
+    // The doomed worker splits the disc and encodes a first title; then it dies without a word.
+    amqp.wait_event(&tap, "done", JOB_TIMEOUT, |v| {
+        v["disc"] == disc.as_str() && v["host"] == "doomed"
+    });
+    doomed.signal(Signal::SIGKILL);
+    doomed.wait(Duration::from_secs(10));
+    let mut survivor = env.worker(&b, &[]);
+    let done = amqp.wait_event(&tap, "disc.done", JOB_TIMEOUT, |v| {
+        v["disc"] == disc.as_str()
+    });
+    assert_eq!(done["outputs"].as_array().unwrap().len(), 3, "{done}");
+    for t in 1..=3 {
+        assert!(
+            env.media_dir
+                .join(format!("Killed Series - t{t:02}.mkv"))
+                .exists(),
+            "{:?}",
+            env.media_files()
+        );
+    }
+    survivor.signal(Signal::SIGTERM);
+    assert!(
+        survivor.wait(Duration::from_secs(30)).success(),
+        "{}",
+        survivor.log()
+    );
+}

@@ -193,6 +193,11 @@ pub struct TranscodeConfig {
     pub forced_subtitles_only: bool,
     /// Chapter markers in the output: `true`, `false`, or unset for the preset's choice.
     pub chapter_markers: Option<bool>,
+    /// Where a disc's single output goes, relative to `output-dir`, without extension
+    /// (fields `{name}`, `{label}`, `{title}`, `{index}`, `{count}`; `/` makes directories).
+    pub movie_name: String,
+    /// Where each output of a disc split into titles goes (same fields).
+    pub title_name: String,
 }
 
 impl Default for TranscodeConfig {
@@ -223,6 +228,8 @@ impl Default for TranscodeConfig {
             subtitle_languages: Vec::new(),
             forced_subtitles_only: false,
             chapter_markers: Some(true),
+            movie_name: "{name}".to_owned(),
+            title_name: "{name} - t{title}".to_owned(),
         }
     }
 }

@@ -288,8 +288,12 @@ impl Job {
     pub fn validate(&self) -> Result<(), JobError> {
         validate_output_name(&self.output.name)?;
         if let Some(part) = &self.part {
-            for name in std::iter::once(&part.output).chain(&part.outputs) {
-                validate_output_name(name)?;
+            for path in std::iter::once(&part.output).chain(&part.outputs) {
+                // A title's output may sit in directories of the naming template: every component
+                // must be a safe name of its own.
+                for component in path.split('/') {
+                    validate_output_name(component)?;
+                }
             }
             if !part.outputs.contains(&part.output) {
                 return Err(JobError::Invalid(format!(

@@ -10,6 +10,7 @@
 
 pub mod inhibit;
 pub mod metrics;
+pub mod naming;
 pub mod output;
 pub mod signals;
 pub mod transcoder;
@@ -126,6 +127,13 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
             ))
             .into());
         }
+    }
+    naming::Naming::new(&t.movie_name, &t.title_name, t.container)
+        .map_err(|e| StartError::Config(format!("{e} (in {})", loaded.source_name())))?;
+    // Encodes left by a killed worker: nothing has written them for twice the stall limit.
+    let swept = output::sweep_stale_temps(&t.output_dir, t.stall_timeout * 2);
+    if swept > 0 {
+        info!(swept, "removed temporary encodes left by stopped workers");
     }
     for dir in [&t.scratch_dir, &t.output_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {

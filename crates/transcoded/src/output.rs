@@ -256,6 +256,44 @@ pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<Committed
     Ok(Committed::Ours)
 }
 
+/// Remove temporary encodes (`.*.part`, and their `.sidecar` companions) under `root` that nothing has
+/// written for `idle`: what a killed worker left behind. A live encode writes all the time, so it is
+/// never this old, whichever host it runs on. Returns how many were removed.
+pub fn sweep_stale_temps(root: &Path, idle: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let temp =
+                name.starts_with('.') && (name.ends_with(".part") || name.ends_with(".sidecar"));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= idle);
+            if kind.is_file() && temp && old && fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "removed a temporary encode left by a stopped worker");
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Turn an I/O error on `path` into the failure class it deserves.
 pub fn io_failure(path: &Path, e: &io::Error) -> Failure {
     let what = format!("{}: {e}", path.display());
@@ -320,6 +358,37 @@ mod tests {
             Err(Failure::OutputConflict(_))
         ));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporary_encodes_are_swept_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("Shows/X");
+        fs::create_dir_all(&sub).unwrap();
+        let stale = sub.join(".X - s01e01.mkv.0123abcd.1.deadbeef.part");
+        let fresh = sub.join(".X - s01e02.mkv.0123abcd.1.cafebabe.part");
+        let video = sub.join("X - s01e03.mkv");
+        for f in [&stale, &fresh, &video] {
+            fs::write(f, b"x").unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        File::options()
+            .write(true)
+            .open(&video)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            sweep_stale_temps(dir.path(), std::time::Duration::from_secs(600)),
+            1
+        );
+        assert!(!stale.exists() && fresh.exists() && video.exists());
     }
 
     #[test]

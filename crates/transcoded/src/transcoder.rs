@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{info, warn};
 
+use crate::naming::{Fields, Naming};
 use crate::output::{self, Existing, Sidecar};
 
 /// How often progress is announced on the events exchange and in the log.
@@ -39,6 +40,7 @@ pub struct Transcoder {
     host: String,
     shutdown: Shutdown,
     activity: Activity,
+    naming: Naming,
     /// The presets this worker's HandBrake knows (empty: unknown, HandBrake decides).
     presets: Vec<String>,
 }
@@ -86,6 +88,8 @@ impl Transcoder {
             host: loaded.host(),
             shutdown,
             activity,
+            naming: Naming::new(&t.movie_name, &t.title_name, t.container)
+                .expect("templates are checked when the worker starts"),
             presets: Vec::new(),
         }
     }
@@ -141,10 +145,12 @@ impl Transcoder {
 
         let mut outputs = Vec::new();
         let mut skipped = 0;
-        for title in &titles {
+        for (position, title) in titles.iter().enumerate() {
             let file = match &job.part {
                 Some(part) => part.output.clone(),
-                None => output_name(&job.output.name, title.index, single, self.container),
+                None => self
+                    .naming
+                    .render(single, &fields(job, title, position, titles.len())),
             };
             let path = self.output_dir.join(&file);
             let sidecar = Sidecar {
@@ -213,7 +219,8 @@ impl Transcoder {
     ) -> Result<Outcome, Failure> {
         let outputs: Vec<String> = titles
             .iter()
-            .map(|t| output_name(&job.output.name, t.index, false, self.container))
+            .enumerate()
+            .map(|(i, t)| self.naming.render(false, &fields(job, t, i, titles.len())))
             .collect();
         let mut ids = Vec::new();
         for (title, output) in titles.iter().zip(&outputs) {
@@ -502,13 +509,15 @@ fn output_event(path: &Path, sidecar: &Sidecar, skipped: bool) -> serde_json::Va
     })
 }
 
-/// The output file name: `<name>.<ext>` for a main feature, `<name> - tNN.<ext>` when a job asks for
-/// titles by number or length (a pure function of the job and the title, so a rerun finds it).
-pub fn output_name(name: &str, title: u32, single: bool, container: Container) -> String {
-    if single {
-        format!("{name}.{}", container.extension())
-    } else {
-        format!("{name} - t{title:02}.{}", container.extension())
+/// What the naming templates see of a job and one of its titles (a pure function of both, so a
+/// rerun finds the same output).
+fn fields<'a>(job: &'a Job, title: &Title, position: usize, count: usize) -> Fields<'a> {
+    Fields {
+        name: &job.output.name,
+        label: job.source.label.as_deref(),
+        title: title.index,
+        index: position + 1,
+        count,
     }
 }
 
@@ -694,17 +703,5 @@ mod tests {
         let mut french = title(2, 20);
         french.audio_languages = vec!["eng".into(), "fra".into()];
         assert_eq!(tracks_for(&configured, &french).audio_languages, ["fra"]);
-    }
-
-    #[test]
-    fn output_names_are_a_function_of_the_job() {
-        assert_eq!(
-            output_name("Feature Disc", 2, true, Container::Mkv),
-            "Feature Disc.mkv"
-        );
-        assert_eq!(
-            output_name("Show", 3, false, Container::Mp4),
-            "Show - t03.mp4"
-        );
     }
 }
