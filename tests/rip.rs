@@ -292,3 +292,31 @@ fn same_label_other_disc_gets_its_own_image_and_the_same_disc_twice_is_skipped()
         iso_files(&env)
     );
 }
+
+#[test]
+fn a_names_file_names_a_disc_by_its_fingerprint() {
+    let env = env("names");
+    let fixture = fixture_iso("SMALL", &[12]);
+    let size = std::fs::metadata(&fixture).unwrap().len();
+    let fingerprint = rafty_disc::identity::fingerprint(&fixture, size).unwrap();
+    let names = env.path().join("names.toml");
+    std::fs::write(
+        &names,
+        format!("\"{fingerprint}\" = \"A Film: Director's Cut\"\n"),
+    )
+    .unwrap();
+    let cfg = env.write_config(
+        "names.toml.conf",
+        None,
+        &[("rip.names-file", &format!("\"{}\"", names.display()))],
+    );
+    let out = env.rip(&cfg, &["--device", fixture.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(iso_files(&env), ["A Film: Director's Cut.iso"]);
+    let job = env.amqp().get(WORK_QUEUE).expect("published").json();
+    assert_eq!(job["output"]["name"], "A Film: Director's Cut");
+    assert_eq!(
+        job["source"]["label"], "SMALL",
+        "the label is kept as the disc says"
+    );
+}

@@ -86,6 +86,9 @@ pub struct RipConfig {
     /// How long to wait for the broker before the job goes to the outbox instead.
     #[serde(deserialize_with = "de_duration")]
     pub broker_timeout: Duration,
+    /// Names for discs whose label says too little: a TOML file of `"<fingerprint>" = "Name"` (rip
+    /// logs each disc's fingerprint). The name replaces the label for the image and the job.
+    pub names_file: Option<PathBuf>,
 }
 
 impl Default for RipConfig {
@@ -100,6 +103,7 @@ impl Default for RipConfig {
             accept_holes: false,
             progress_interval: Duration::from_secs(10),
             broker_timeout: Duration::from_secs(15),
+            names_file: None,
         }
     }
 }

@@ -236,7 +236,11 @@ async fn rip_locked(
     let media = media_of(udev.as_ref(), info.media);
     let fingerprint = identity::fingerprint(device, size)
         .map_err(|e| RipError::Other(format!("{}: {e}", device.display())))?;
-    let base = identity::image_base_name(info.label.as_deref());
+    let name = name_override(rip.names_file.as_deref(), &fingerprint)?;
+    if let Some(name) = &name {
+        info!(%fingerprint, name, "name from the names file");
+    }
+    let base = identity::image_base_name(name.as_deref().or(info.label.as_deref()));
     std::fs::create_dir_all(&rip.iso_dir)
         .map_err(|e| RipError::Other(format!("cannot create {}: {e}", rip.iso_dir.display())))?;
     let plan = identity::plan(&rip.iso_dir, &base, &fingerprint, rip.duplicate)
@@ -464,6 +468,32 @@ async fn rip_locked(
             );
             Ok(Ripped::Outboxed { image, file })
         }
+    }
+}
+
+/// The name `names-file` gives this disc, if any. The file is TOML, `"<fingerprint>" = "Name"`, read
+/// at every rip so that an entry added after a first insert applies at the next.
+fn name_override(file: Option<&Path>, fingerprint: &str) -> Result<Option<String>, RipError> {
+    let Some(file) = file else { return Ok(None) };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(RipError::Other(format!(
+                "cannot read [rip] names-file {}: {e}",
+                file.display()
+            )));
+        }
+    };
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| RipError::Other(format!("[rip] names-file {}: {e}", file.display())))?;
+    match table.get(fingerprint) {
+        None => Ok(None),
+        Some(toml::Value::String(name)) => Ok(Some(name.clone())),
+        Some(other) => Err(RipError::Other(format!(
+            "[rip] names-file {}: the name of {fingerprint} must be a string, not {other}",
+            file.display()
+        ))),
     }
 }
 
