@@ -165,6 +165,11 @@ fn worker_rows(
             output: &out,
             preset: PRESET,
             format: "av_mkv",
+            // What a worker with the default config passes (chapter markers on).
+            tracks: &rafty_handbrake::Tracks {
+                chapter_markers: Some(true),
+                ..Default::default()
+            },
         });
         let cpu0 = children_cpu();
         let t0 = Instant::now();
