@@ -242,9 +242,12 @@ pub enum JobError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The source path is not absolute or contains a NUL.
+    /// The source path is not absolute.
     #[error("source path {0:?} must be an absolute path")]
     BadSourcePath(PathBuf),
+    /// The source path contains a NUL byte, which no file name can hold.
+    #[error("source path {0:?} contains a NUL byte")]
+    NulInSourcePath(PathBuf),
 }
 
 impl Job {
@@ -273,8 +276,18 @@ impl Job {
         if body.len() > MAX_BODY_BYTES {
             return Err(JobError::TooLarge(body.len()));
         }
-        let job: Job =
-            serde_json::from_slice(body).map_err(|e| JobError::Invalid(e.to_string()))?;
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let job: Job = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+            // "source.media: expected value at line 1 column 189"; no prefix at the top level.
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            JobError::Invalid(if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            })
+        })?;
+        de.end().map_err(|e| JobError::Invalid(e.to_string()))?;
         job.validate()?;
         Ok(job)
     }
@@ -303,7 +316,10 @@ impl Job {
             }
         }
         let path = &self.source.path;
-        if !path.is_absolute() || path.as_os_str().as_encoded_bytes().contains(&0) {
+        if path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(JobError::NulInSourcePath(path.clone()));
+        }
+        if !path.is_absolute() {
             return Err(JobError::BadSourcePath(path.clone()));
         }
         Ok(())

@@ -87,7 +87,7 @@ impl Map {
 
     /// Set the status of `pos..pos+len` (clamped to the map).
     pub fn set(&mut self, pos: u64, len: u64, status: u8) {
-        let end = (pos + len).min(self.size);
+        let end = pos.saturating_add(len).min(self.size);
         if pos >= end {
             return;
         }
@@ -254,7 +254,15 @@ impl Map {
                     ),
                 });
             }
-            expect = b.pos + b.size;
+            expect = b.pos.checked_add(b.size).ok_or_else(|| ParseError {
+                line: 0,
+                message: format!(
+                    "block {} at 0x{:X} of 0x{:X} bytes ends past 2^64",
+                    i + 1,
+                    b.pos,
+                    b.size
+                ),
+            })?;
         }
         let mut map = Map {
             size: expect,

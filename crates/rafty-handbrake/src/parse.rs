@@ -67,8 +67,12 @@ fn parse_eta(s: &str) -> Option<Duration> {
     let (h, rest) = s.split_once('h')?;
     let (m, rest) = rest.split_once('m')?;
     let sec = rest.strip_suffix('s')?;
-    let secs =
-        h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + sec.parse::<u64>().ok()?;
+    let secs = h
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(3600)?
+        .checked_add(m.parse::<u64>().ok()?.checked_mul(60)?)?
+        .checked_add(sec.parse::<u64>().ok()?)?;
     Some(Duration::from_secs(secs))
 }
 
@@ -177,9 +181,16 @@ impl RawDuration {
     fn to_duration(&self) -> Duration {
         // Ticks are 90 kHz and exact; the h/m/s fields are rounded.
         if self.ticks > 0 {
-            Duration::from_micros(self.ticks * 100 / 9)
+            // Whole seconds first, so that no multiplication can overflow.
+            Duration::from_secs(self.ticks / 90_000)
+                + Duration::from_nanos((self.ticks % 90_000) * 100_000 / 9)
         } else {
-            Duration::from_secs(self.hours * 3600 + self.minutes * 60 + self.seconds)
+            Duration::from_secs(
+                self.hours
+                    .saturating_mul(3600)
+                    .saturating_add(self.minutes.saturating_mul(60))
+                    .saturating_add(self.seconds),
+            )
         }
     }
 }

@@ -204,7 +204,12 @@ pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
                 .percent
                 .map(|p| format!(" {p:5.1} %"))
                 .unwrap_or_default();
-            println!("{} {}{pct} {}", time_now(), line.label, line.detail.trim_end());
+            println!(
+                "{} {}{pct} {}",
+                time_now(),
+                line.label,
+                line.detail.trim_end()
+            );
             let _ = std::io::stdout().flush();
             continue;
         }
@@ -247,8 +252,11 @@ pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
 }
 
 fn time_now() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
