@@ -277,18 +277,25 @@ pub fn parse_preset_list(text: &str) -> Vec<String> {
     names
 }
 
+/// Words that mark a line of HandBrake's log as saying what went wrong.
+const SIGNS: [&str; 8] = [
+    "No title found",
+    "Invalid",
+    "invalid",
+    "failed",
+    "error",
+    "unrecognized",
+    "Error",
+    "not a dvd",
+];
+
+/// Whether a log line says what went wrong (kept even when long output follows it).
+pub fn is_notable(line: &str) -> bool {
+    SIGNS.iter().any(|s| line.contains(s))
+}
+
 /// The lines of HandBrake's log that say what went wrong, for an error message a user can act on.
 pub fn complaint(log_tail: &[String]) -> String {
-    const SIGNS: [&str; 8] = [
-        "No title found",
-        "Invalid",
-        "invalid",
-        "failed",
-        "error",
-        "unrecognized",
-        "Error",
-        "not a dvd",
-    ];
     let strip = |l: &str| -> String {
         let l = l.trim();
         // "[16:18:28] text" → "text"
@@ -300,7 +307,7 @@ pub fn complaint(log_tail: &[String]) -> String {
     let mut picked: Vec<String> = log_tail
         .iter()
         .map(|l| strip(l))
-        .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .filter(|l| is_notable(l))
         .collect();
     picked.dedup();
     let keep = picked.len().saturating_sub(3);

@@ -308,9 +308,11 @@ impl HandBrake {
         // only progress does: a HandBrake looping on decode errors without moving is stalled.
         let progressing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
+        let notable = Arc::new(Mutex::new(Vec::new()));
         let drain = tokio::spawn(drain_stderr(
             stderr,
             Arc::clone(&tail),
+            Arc::clone(&notable),
             Arc::clone(&activity),
             Arc::clone(&progressing),
         ));
@@ -359,7 +361,7 @@ impl HandBrake {
             stop(&mut child).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        let log: Vec<String> = tail.lock().expect("not poisoned").iter().cloned().collect();
+        let log = collect_log(&tail, &notable);
         match end {
             End::Exited(status) => check_status(status, &log),
             End::Stalled => Err(Error::Stalled {
@@ -391,9 +393,28 @@ fn check_status(status: std::process::ExitStatus, log: &[String]) -> Result<(), 
     }
 }
 
+/// Lines that said what went wrong, kept from anywhere in the log (HandBrake may print hundreds of
+/// lines after the one that matters, such as its whole preset list after `Invalid preset X`).
+const NOTABLE_LINES: usize = 20;
+
+/// The notable lines that fell out of the tail, then the tail: what [`complaint`] reads.
+fn collect_log(tail: &Mutex<VecDeque<String>>, notable: &Mutex<Vec<String>>) -> Vec<String> {
+    let tail: Vec<String> = tail.lock().expect("not poisoned").iter().cloned().collect();
+    let mut log: Vec<String> = notable
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|l| !tail.contains(l))
+        .cloned()
+        .collect();
+    log.extend(tail);
+    log
+}
+
 async fn drain_stderr(
     stderr: tokio::process::ChildStderr,
     tail: Arc<Mutex<VecDeque<String>>>,
+    notable: Arc<Mutex<Vec<String>>>,
     activity: Arc<Mutex<Instant>>,
     progressing: Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -414,6 +435,12 @@ async fn drain_stderr(
             *activity.lock().expect("not poisoned") = Instant::now();
         }
         tracing::trace!(target: "handbrake", "{line}");
+        if crate::parse::is_notable(&line) {
+            let mut notable = notable.lock().expect("not poisoned");
+            if notable.len() < NOTABLE_LINES {
+                notable.push(line.clone());
+            }
+        }
         let mut tail = tail.lock().expect("not poisoned");
         if tail.len() == LOG_TAIL_LINES {
             tail.pop_front();
