@@ -215,8 +215,7 @@ pub fn copy(
         .write(true)
         .open(part)
         .map_err(|e| write_err(part, e))?;
-    // No set_len up front: writing into a sparse file's holes is several times slower than letting
-    // the file grow (measured here: 2.8 s vs 0.7 s for 1 GiB). The length is fixed at the end.
+    // No set_len up front: the file grows as it is written, and its length is fixed at the end.
     map.save(map_path).map_err(|e| write_err(map_path, e))?;
 
     let chunk = (opts.chunk.max(SECTOR as usize) / SECTOR as usize) * SECTOR as usize;
