@@ -539,11 +539,7 @@ fn dead_letters_are_listed_shown_requeued_after_a_fix_and_purged() {
     let env = env("deadletter");
     let cfg = env.write_config("no-ladder.toml", None, &[("retry-delays", "[]")]);
     let ctl = |args: &[&str]| {
-        let out = Command::new(bin("raftyctl"))
-            .args(args)
-            .env("RAFTY_CONFIG", &cfg)
-            .output()
-            .unwrap();
+        let out = env.raftyctl_with(&cfg, args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -707,11 +703,7 @@ fn drain_stops_a_worker_taking_new_jobs_while_its_current_one_completes_and_resu
     let env = env("drain-host");
     let cfg = env.write_config("w.toml", Some("drainee"), &[("drain-timeout", "\"1s\"")]);
     let ctl = |args: &[&str]| {
-        let out = Command::new(bin("raftyctl"))
-            .args(args)
-            .env("RAFTY_CONFIG", &cfg)
-            .output()
-            .unwrap();
+        let out = env.raftyctl_with(&cfg, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -751,11 +743,7 @@ fn drain_stops_a_worker_taking_new_jobs_while_its_current_one_completes_and_resu
     let said = ctl(&["resume", "drainee"]);
     assert!(said.contains("drainee"), "{said}");
     amqp.wait_event(&tap, "done", JOB_TIMEOUT, |v| v["id"] == second.as_str());
-    let other = Command::new(bin("raftyctl"))
-        .args(["drain", "nobody-here"])
-        .env("RAFTY_CONFIG", &cfg)
-        .output()
-        .unwrap();
+    let other = env.raftyctl_with(&cfg, &["drain", "nobody-here"]);
     assert_eq!(
         other.status.code(),
         Some(1),
@@ -861,11 +849,7 @@ fn a_custom_preset_file_is_used_and_an_unknown_preset_is_dead_lettered_with_the_
         &[("preset-files", &format!("[\"{}\"]", preset_file.display()))],
     );
     let ctl = |args: &[&str]| {
-        let out = Command::new(bin("raftyctl"))
-            .args(args)
-            .env("RAFTY_CONFIG", &cfg)
-            .output()
-            .unwrap();
+        let out = env.raftyctl_with(&cfg, args);
         assert!(
             out.status.success(),
             "{}",
@@ -1062,12 +1046,7 @@ fn wanted_audio_languages_are_kept_and_a_disc_without_them_is_not_left_silent() 
     let kept = env.add_iso(&fixture, "kept.iso");
     let fallback = env.add_iso(&fixture, "fallback.iso");
     for (cfg, iso) in [(&cfg, &kept), (&other, &fallback)] {
-        let out = Command::new(bin("raftyctl"))
-            .args(["submit"])
-            .arg(iso)
-            .env("RAFTY_CONFIG", cfg)
-            .output()
-            .unwrap();
+        let out = env.raftyctl_with(cfg, &["submit", iso.to_str().unwrap()]);
         assert!(out.status.success());
         let mut worker = env.worker(cfg, &["--max-jobs", "1"]);
         assert!(worker.wait(JOB_TIMEOUT).success(), "{}", worker.log());
@@ -1107,11 +1086,7 @@ fn outputs_land_where_media_servers_expect_them() {
         ],
     );
     let ctl = |args: &[&str]| {
-        let out = Command::new(bin("raftyctl"))
-            .args(args)
-            .env("RAFTY_CONFIG", &cfg)
-            .output()
-            .unwrap();
+        let out = env.raftyctl_with(&cfg, args);
         assert!(
             out.status.success(),
             "{}",

@@ -114,9 +114,14 @@ impl Env {
 
     /// Run `raftyctl` with the default config.
     pub fn raftyctl(&self, args: &[&str]) -> Output {
+        self.raftyctl_with(&self.config(), args)
+    }
+
+    /// Run `raftyctl` with `config`.
+    pub fn raftyctl_with(&self, config: &Path, args: &[&str]) -> Output {
         Command::new(bin("raftyctl"))
             .args(args)
-            .env("RAFTY_CONFIG", self.config())
+            .env("RAFTY_CONFIG", config)
             .env_remove("RAFTY_AMQP_URL")
             .output()
             .expect("run raftyctl")
