@@ -12,6 +12,52 @@ use crate::{require_tools, script};
 pub struct Broker {
     dir: PathBuf,
     port: u16,
+    address: String,
+    netns: Option<String>,
+    shape: BrokerBuilder,
+}
+
+/// A node of another shape than [`Broker::start`]'s: other settings, another address, another
+/// network namespace.
+#[derive(Default, Clone)]
+pub struct BrokerBuilder {
+    conf: Vec<String>,
+    advanced: Option<String>,
+    address: Option<String>,
+    netns: Option<String>,
+}
+
+impl BrokerBuilder {
+    /// Append a `rabbitmq.conf` line (a later key wins over the defaults), e.g.
+    /// `consumer_timeout = 5000`.
+    pub fn conf(mut self, line: &str) -> Self {
+        self.conf.push(line.to_owned());
+        self
+    }
+
+    /// The node's `advanced.config` (Erlang terms), for settings `rabbitmq.conf` cannot express.
+    pub fn advanced(mut self, terms: &str) -> Self {
+        self.advanced = Some(terms.to_owned());
+        self
+    }
+
+    /// Listen on `address` instead of 127.0.0.1.
+    pub fn address(mut self, address: &str) -> Self {
+        self.address = Some(address.to_owned());
+        self
+    }
+
+    /// Run the node inside the network namespace `name` (`ip netns add` it first); `rabbitmqctl`
+    /// and stopping follow it there.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
+    }
+
+    /// Start the node, stopped when this process exits.
+    pub fn start(self) -> Broker {
+        Broker::start_with(self)
+    }
 }
 
 static SHARED: OnceLock<Broker> = OnceLock::new();
@@ -29,6 +75,15 @@ fn port_free(port: u16) -> bool {
 impl Broker {
     /// Start a new node on free ports, under a fresh directory, stopped when this process exits.
     pub fn start() -> Broker {
+        Broker::start_with(BrokerBuilder::default())
+    }
+
+    /// A node with other settings: see [`BrokerBuilder`].
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    fn start_with(shape: BrokerBuilder) -> Broker {
         require_tools(&["ffmpeg"]);
         assert!(
             Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists(),
@@ -49,19 +104,31 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let broker = Broker { dir, port };
-        broker.boot();
+        let broker = Broker {
+            dir,
+            port,
+            address: shape.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            netns: shape.netns.clone(),
+            shape: shape.clone(),
+        };
+        broker.boot_with(&shape);
         broker.reap_on_exit();
         broker
     }
 
-    fn boot(&self) {
-        let out = Command::new(script("rafty-broker"))
-            .arg("start")
-            .arg(&self.dir)
-            .arg(self.port.to_string())
-            .output()
-            .expect("run scripts/rafty-broker");
+    fn boot_with(&self, shape: &BrokerBuilder) {
+        let mut cmd = Command::new(script("rafty-broker"));
+        cmd.arg("start").arg(&self.dir).arg(self.port.to_string());
+        cmd.env("RAFTY_BROKER_ADDRESS", &self.address);
+        cmd.env("RAFTY_BROKER_CONF", shape.conf.join("\n"));
+        if let Some(terms) = &shape.advanced {
+            cmd.env("RAFTY_BROKER_ADVANCED", terms);
+        }
+        match &shape.netns {
+            Some(ns) => cmd.env("RAFTY_BROKER_NETNS", ns),
+            None => cmd.env_remove("RAFTY_BROKER_NETNS"),
+        };
+        let out = cmd.output().expect("run scripts/rafty-broker");
         assert!(
             out.status.success(),
             "the test broker did not start: {}",
@@ -83,9 +150,19 @@ impl Broker {
         );
     }
 
-    /// Start a stopped node again on the same port with the same data.
+    /// Start a stopped node again on the same port with the same data and settings.
     pub fn restart(&self) {
-        self.boot();
+        self.boot_with(&self.shape);
+    }
+
+    /// The address the node listens on.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The node's directory (its `rabbitmq.conf`, logs and data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A process outside the test's process group waits for this process to end, then stops the node
@@ -121,7 +198,14 @@ impl Broker {
             .arg(self.port.to_string())
             .output()
             .expect("rafty-broker env");
-        let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/lib/rabbitmq/bin/rabbitmqctl"]);
+                c
+            }
+            None => Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl"),
+        };
         for line in String::from_utf8_lossy(&env.stdout).lines() {
             if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
                 cmd.env(k, v.trim_matches('"'));
@@ -144,14 +228,17 @@ impl Broker {
         self.ctl(&["add_vhost", &name]);
         self.ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         format!(
-            "amqp://guest:guest@127.0.0.1:{}/{name}?heartbeat=5",
-            self.port
+            "amqp://guest:guest@{}:{}/{name}?heartbeat=5",
+            self.address, self.port
         )
     }
 
     /// URL of the default vhost.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=5", self.port)
+        format!(
+            "amqp://guest:guest@{}:{}/%2f?heartbeat=5",
+            self.address, self.port
+        )
     }
 }
 

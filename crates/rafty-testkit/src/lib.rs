@@ -21,7 +21,7 @@ mod fixtures;
 mod loopdev;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};
-pub use broker::{Broker, shared_broker};
+pub use broker::{Broker, BrokerBuilder, shared_broker};
 pub use dbus::PrivateBus;
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};
