@@ -78,6 +78,11 @@ pub struct Incoming {
     pub redelivered: bool,
     /// The AMQP `message_id`.
     pub message_id: Option<String>,
+    /// Cancelled when the job must stop now: the worker is told to stop (`Shutdown::abort`), or the
+    /// broker took the delivery back (the connection or the channel was lost: a network cut, a
+    /// missed heartbeat, `consumer_timeout`), so that finishing would only race the worker the
+    /// broker hands it to next.
+    pub cancel: CancellationToken,
     delivery: Delivery,
 }
 
@@ -90,7 +95,7 @@ impl Incoming {
         }
     }
 
-    fn from_delivery(delivery: Delivery) -> Incoming {
+    fn from_delivery(delivery: Delivery, cancel: CancellationToken) -> Incoming {
         let headers = delivery.properties.headers().as_ref();
         let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
         let job = Job::decode(kind, &delivery.data);
@@ -109,6 +114,7 @@ impl Incoming {
                 .message_id()
                 .as_ref()
                 .map(|m| m.as_str().to_owned()),
+            cancel,
             delivery,
         }
     }
@@ -549,7 +555,7 @@ async fn session<P: Processor>(
                 None => return Err(Error::ConsumerEnded(WORK_QUEUE.to_owned())),
             },
         };
-        let incoming = Incoming::from_delivery(delivery);
+        let incoming = Incoming::from_delivery(delivery, shutdown.abort.child_token());
         let span = info_span!(
             "job",
             job_id = %incoming.id(),
@@ -557,8 +563,29 @@ async fn session<P: Processor>(
             routing_key = %incoming.routing_key,
             redelivered = incoming.redelivered,
         );
+        let process = processor.process(&incoming, &publisher);
+        tokio::pin!(process);
+        let taken = async {
+            tokio::select! {
+                outcome = &mut process => Ok(outcome),
+                why = taken_back(&conn, &channel, active) => {
+                    warn!(
+                        reason = %why,
+                        "the broker took this job back; stopping it (another worker gets it)"
+                    );
+                    incoming.cancel.cancel();
+                    let _ = (&mut process).await;
+                    Err(why)
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let outcome = match taken {
+            Ok(outcome) => outcome,
+            Err(why) => return Err(Error::ConsumerEnded(format!("{WORK_QUEUE} ({why})"))),
+        };
         async {
-            let outcome = processor.process(&incoming, &publisher).await;
             // Cancel before settling the last delivery: with prefetch 1 the broker then sends nothing
             // more, so no other job is delivered here only to be handed back when the channel closes.
             let last = opts.max_jobs.is_some_and(|max| stats.settled + 1 >= max);
@@ -591,6 +618,48 @@ async fn session<P: Processor>(
             close(&conn).await;
             return Ok(SessionEnd::Finished);
         }
+    }
+}
+
+/// Completes, saying why, when the delivery being worked on can no longer be acked here because the
+/// broker has taken it back: lapin noticed a dead peer by missed heartbeats, the connection or channel
+/// closed, or the broker closed the channel of a delivery held past `consumer_timeout`.
+async fn taken_back(
+    conn: &Connection,
+    channel: &lapin::Channel,
+    consumer: &mut lapin::Consumer,
+) -> String {
+    loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    // Prefetch 1 forbids a second delivery; hand it back rather than hold it.
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions { multiple: false, requeue: true })
+                        .await;
+                }
+                Some(Err(e)) => return taken_back_reason(&e.to_string()),
+                None => return "the broker cancelled this worker's consumer".to_owned(),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if !conn.status().connected() || !channel.status().connected() {
+                    return "the connection to the broker was lost (network, missed heartbeats or a broker restart)".to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// The broker's reason, with what to do when it is the consumer timeout.
+fn taken_back_reason(error: &str) -> String {
+    if error.contains("delivery acknowledgement") && error.contains("timed out") {
+        format!(
+            "{error}: the job ran longer than the broker's consumer_timeout; raise consumer_timeout in the \
+             broker's rabbitmq.conf above the longest encode (see config/rabbitmq.conf)"
+        )
+    } else {
+        error.to_owned()
     }
 }
 

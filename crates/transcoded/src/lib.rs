@@ -168,15 +168,8 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         })?;
         info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
     }
-    let transcoder = Transcoder::new(
-        &loaded,
-        handbrake,
-        version,
-        shutdown.clone(),
-        activity,
-        metrics,
-    )
-    .with_presets(presets);
+    let transcoder =
+        Transcoder::new(&loaded, handbrake, version, activity, metrics).with_presets(presets);
     let options = WorkerOptions {
         url,
         app_id: "transcoded".to_owned(),

@@ -9,10 +9,11 @@ use rafty_core::names::WORK_QUEUE;
 use rafty_core::paths::resolve_source;
 use rafty_core::{Failure, Job, TitleSelection};
 use rafty_handbrake::{EncodeRequest, HandBrake, Scan, Title};
-use rafty_queue::{Incoming, Outcome, Processor, Publisher, Shutdown};
+use rafty_queue::{Incoming, Outcome, Processor, Publisher};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::naming::{Fields, Naming};
@@ -38,7 +39,6 @@ pub struct Transcoder {
     topology: rafty_queue::Topology,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     host: String,
-    shutdown: Shutdown,
     activity: Activity,
     naming: Naming,
     /// The presets this worker's HandBrake knows (empty: unknown, HandBrake decides).
@@ -60,7 +60,6 @@ impl Transcoder {
         loaded: &Loaded,
         handbrake: HandBrake,
         handbrake_version: String,
-        shutdown: Shutdown,
         activity: Activity,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Self {
@@ -86,7 +85,6 @@ impl Transcoder {
             topology: rafty_queue::Topology::from_config(t),
             metrics,
             host: loaded.host(),
-            shutdown,
             activity,
             naming: Naming::new(&t.movie_name, &t.title_name, t.container)
                 .expect("templates are checked when the worker starts"),
@@ -136,7 +134,7 @@ impl Transcoder {
             .len();
         info!(source = %source.display(), %preset, "job received");
 
-        let scan = self.scan(&source).await?;
+        let scan = self.scan(&source, &incoming.cancel).await?;
         let titles = choose_titles(&job.encode.titles, &scan, &source)?;
         if job.part.is_none() && titles.len() > 1 {
             return self.split(job, &titles, incoming, events).await;
@@ -185,7 +183,16 @@ impl Transcoder {
                 )
                 .await;
             let done = self
-                .encode(job, &source, title, &path, &preset, events, sidecar)
+                .encode(
+                    job,
+                    &source,
+                    title,
+                    &path,
+                    &preset,
+                    events,
+                    sidecar,
+                    &incoming.cancel,
+                )
                 .await?;
             outputs.push(output_event(&path, &done, false));
         }
@@ -281,10 +288,10 @@ impl Transcoder {
             .map_err(|e| Failure::Broker(e.to_string()))
     }
 
-    async fn scan(&self, input: &Path) -> Result<Scan, Failure> {
+    async fn scan(&self, input: &Path, cancel: &CancellationToken) -> Result<Scan, Failure> {
         tokio::select! {
             r = self.handbrake.scan(input, self.stall_timeout) => r.map_err(hb_failure),
-            _ = self.shutdown.abort.cancelled() => Err(Failure::Shutdown),
+            _ = cancel.cancelled() => Err(Failure::Shutdown),
         }
     }
 
@@ -300,11 +307,14 @@ impl Transcoder {
         preset: &str,
         events: &Publisher,
         template: Sidecar,
+        cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
         let temp = output::temp_path(path, &job.id.to_string());
         output::prepare(path.parent().expect("output has a directory"), &temp)?;
         let result = self
-            .encode_to(job, source, title, path, &temp, preset, events, template)
+            .encode_to(
+                job, source, title, path, &temp, preset, events, template, cancel,
+            )
             .await;
         if result.is_err() {
             // Never leave a partial behind: HandBrake's cancelled output looks valid.
@@ -324,6 +334,7 @@ impl Transcoder {
         preset: &str,
         events: &Publisher,
         template: Sidecar,
+        cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
         let tracks = tracks_for(&self.tracks, title);
         let request = EncodeRequest {
@@ -342,11 +353,9 @@ impl Transcoder {
                 a["percent"] = json!(0.0);
             }
         });
-        let encode = self.handbrake.encode(
-            &request,
-            self.stall_timeout,
-            self.shutdown.abort.cancelled(),
-            |p| {
+        let encode = self
+            .handbrake
+            .encode(&request, self.stall_timeout, cancel.cancelled(), |p| {
                 self.metrics.progress.set(p.fraction());
                 self.metrics.fps.set(p.fps.unwrap_or(0.0));
                 set_activity(&self.activity, |a| {
@@ -357,8 +366,7 @@ impl Transcoder {
                     }
                 });
                 tx.send_replace(Some(p.clone()));
-            },
-        );
+            });
         let announce = async {
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             tick.tick().await;
