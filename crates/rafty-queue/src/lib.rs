@@ -28,12 +28,22 @@ pub use topology::{Topology, declare};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The broker could not be reached or refused the connection.
-    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    #[error("cannot connect to RabbitMQ at {url}: {source}{hint}")]
     Connect {
         /// The URL, password masked.
         url: String,
         /// lapin's error.
         source: lapin::Error,
+        /// What to check, when the error says more than lapin's message does.
+        hint: String,
+    },
+    /// The URL's TLS settings cannot be used.
+    #[error("{url}: {message}")]
+    Tls {
+        /// The URL, password masked.
+        url: String,
+        /// What is wrong and what to do.
+        message: String,
     },
     /// Declaring the topology failed (often: an existing queue with other arguments).
     #[error("cannot declare {what}: {source}{hint}")]

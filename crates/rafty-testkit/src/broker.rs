@@ -25,9 +25,17 @@ pub struct BrokerBuilder {
     advanced: Option<String>,
     address: Option<String>,
     netns: Option<String>,
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl BrokerBuilder {
+    /// Also listen for TLS (`amqps://`) on [`Broker::tls_port`], with this CA file, server certificate
+    /// and key (PEM). Clients are not asked for certificates.
+    pub fn tls(mut self, ca: &Path, cert: &Path, key: &Path) -> Self {
+        self.tls = Some([ca.to_owned(), cert.to_owned(), key.to_owned()]);
+        self
+    }
+
     /// Append a `rabbitmq.conf` line (a later key wins over the defaults), e.g.
     /// `consumer_timeout = 5000`.
     pub fn conf(mut self, line: &str) -> Self {
@@ -83,7 +91,7 @@ impl Broker {
         BrokerBuilder::default()
     }
 
-    fn start_with(shape: BrokerBuilder) -> Broker {
+    fn start_with(mut shape: BrokerBuilder) -> Broker {
         require_tools(&["ffmpeg"]);
         assert!(
             Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists(),
@@ -99,8 +107,22 @@ impl Broker {
             .wrapping_add(nth.wrapping_mul(1009));
         let port = (0..2000u16)
             .map(|i| 20000 + seed.wrapping_add(i * 13) % 9000)
-            .find(|&p| port_free(p) && port_free(p + 10000) && port_free(p + 11000))
+            .find(|&p| {
+                port_free(p) && port_free(p + 1) && port_free(p + 10000) && port_free(p + 11000)
+            })
             .expect("a free port for the broker");
+        if let Some([ca, cert, key]) = &shape.tls {
+            let address = shape.address.as_deref().unwrap_or("127.0.0.1");
+            let lines = [
+                format!("listeners.ssl.default = {address}:{}", port + 1),
+                format!("ssl_options.cacertfile = {}", ca.display()),
+                format!("ssl_options.certfile = {}", cert.display()),
+                format!("ssl_options.keyfile = {}", key.display()),
+                "ssl_options.verify = verify_none".to_owned(),
+                "ssl_options.fail_if_no_peer_cert = false".to_owned(),
+            ];
+            shape.conf.extend(lines);
+        }
         let dir =
             std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -153,6 +175,11 @@ impl Broker {
     /// Start a stopped node again on the same port with the same data and settings.
     pub fn restart(&self) {
         self.boot_with(&self.shape);
+    }
+
+    /// The TLS port, when the node was built with [`BrokerBuilder::tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.shape.tls.as_ref().map(|_| self.port + 1)
     }
 
     /// The address the node listens on.
