@@ -36,7 +36,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
-use rafty_queue::{Topology, connect, declare, mask_url};
+use rafty_queue::{Topology, connect, ensure, mask_url};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -248,7 +248,7 @@ impl Notifier {
                 .create_channel()
                 .await
                 .map_err(amqp("opening a channel"))?;
-            declare(&channel, &topology).await?;
+            ensure(&conn, &topology).await?;
             declare_queue(&channel, &queue).await?;
             // Quorum queues refuse global QoS: one unacked event for this consumer.
             channel

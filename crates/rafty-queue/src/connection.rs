@@ -16,7 +16,10 @@ pub const CA_CERT_FILE_PARAM: &str = "cacertfile";
 pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let (url_for_lapin, ca_file) = take_param(url, CA_CERT_FILE_PARAM);
-    let tls = tls_config(url, ca_file.as_deref())?;
+    let tls = tls_config(url, ca_file.as_deref()).map_err(|message| Error::Tls {
+        url: mask_url(url),
+        message,
+    })?;
     let runtime = lapin::runtime::default_runtime().map_err(|source| Error::Connect {
         url: mask_url(url),
         source,
@@ -34,28 +37,21 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
         })
 }
 
-fn tls_config(url: &str, ca_file: Option<&str>) -> Result<OwnedTLSConfig, Error> {
+fn tls_config(url: &str, ca_file: Option<&str>) -> Result<OwnedTLSConfig, String> {
     let Some(path) = ca_file else {
         return Ok(OwnedTLSConfig::default());
     };
-    let tls_error = |message: String| Error::Tls {
-        url: mask_url(url),
-        message,
-    };
     if !url.starts_with("amqps://") {
-        return Err(tls_error(format!(
+        return Err(format!(
             "{CA_CERT_FILE_PARAM}={path} is set but the URL is not amqps://: use amqps:// (the broker's TLS port, usually 5671) or drop {CA_CERT_FILE_PARAM}"
-        )));
+        ));
     }
-    let pem = std::fs::read_to_string(path).map_err(|e| {
-        tls_error(format!(
-            "cannot read the CA file {CA_CERT_FILE_PARAM}={path}: {e}"
-        ))
-    })?;
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the CA file {CA_CERT_FILE_PARAM}={path}: {e}"))?;
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(tls_error(format!(
+        return Err(format!(
             "the CA file {CA_CERT_FILE_PARAM}={path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        )));
+        ));
     }
     Ok(OwnedTLSConfig {
         identity: None,

@@ -22,7 +22,7 @@ pub use consumer::{
 };
 pub use outbox::{Entry as OutboxEntry, Outbox};
 pub use publisher::{PublishError, Publisher};
-pub use topology::{Topology, declare};
+pub use topology::{Ensured, Topology, declare, ensure};
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]

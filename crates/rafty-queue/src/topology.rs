@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use rafty_core::config::format_duration;
 use rafty_core::names::{
     CONTROL_EXCHANGE, DEAD_EXCHANGE, DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE,
@@ -63,6 +63,106 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 
 const MISMATCH_HINT: &str = " (a queue that exists with other arguments is refused: compare delivery-limit and \
      retry-delays with the other machines' configs, or delete the queue while it is empty)";
+
+/// How [`ensure`] made sure of the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ensured {
+    /// Every exchange, queue and binding was declared.
+    Declared,
+    /// This user may not declare (it has no configure right on the named entity); every exchange and
+    /// queue was found to exist instead.
+    Checked {
+        /// The first entity the broker refused to let this user declare.
+        refused: String,
+    },
+}
+
+/// Make sure the topology exists, on channels of its own: declare it, or, for a user with narrow
+/// rights (only the admin role may configure, see `scripts/broker-users`), check that the admin
+/// declared it. Bindings cannot be checked passively; `raftyctl setup` makes them.
+pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<Ensured, Error> {
+    let open = || async {
+        conn.create_channel().await.map_err(|source| Error::Amqp {
+            what: "opening a channel to declare the topology",
+            source,
+        })
+    };
+    let channel = open().await?;
+    let refused = match declare(&channel, topology).await {
+        Ok(()) => {
+            let _ = channel.close(200, "declared".into()).await;
+            return Ok(Ensured::Declared);
+        }
+        Err(Error::Declare { what, source, .. }) if access_refused(&source) => what,
+        Err(e) => return Err(e),
+    };
+    let channel = open().await?;
+    check(&channel, topology).await.map_err(|e| match e {
+        Error::Declare { what, source, .. } => Error::Declare {
+            what,
+            source,
+            hint: " (this user may not declare the topology, and it does not exist yet: run `raftyctl setup` \
+                   with the admin user first)",
+        },
+        e => e,
+    })?;
+    let _ = channel.close(200, "checked".into()).await;
+    tracing::debug!(%refused, "no right to declare the topology; checked that it exists");
+    Ok(Ensured::Checked { refused })
+}
+
+fn access_refused(e: &lapin::Error) -> bool {
+    e.to_string().contains("ACCESS_REFUSED")
+}
+
+/// Check passively that every exchange and queue exists (no right needed).
+async fn check(channel: &Channel, topology: &Topology) -> Result<(), Error> {
+    for (name, kind) in [
+        (RIP_EXCHANGE, ExchangeKind::Topic),
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_EXCHANGE, ExchangeKind::Fanout),
+        (CONTROL_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("exchange {name}"),
+                source,
+                hint: "",
+            })?;
+    }
+    let mut queues = vec![DEAD_QUEUE.to_owned(), WORK_QUEUE.to_owned()];
+    queues.extend(
+        (0..topology.retry_delays.len()).filter_map(|i| topology.retry_queue_for(i as u32)),
+    );
+    for name in queues {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("queue {name}"),
+                source,
+                hint: "",
+            })?;
+    }
+    Ok(())
+}
 
 /// Declare every exchange, queue and binding. Safe to call any number of times from any program.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Error> {

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use rafty_core::config::Loaded;
 use rafty_core::logging::LogFormat;
 use rafty_core::names::{DEAD_QUEUE, ENV_CONFIG, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
-use rafty_queue::{Publisher, Topology, connect, declare, mask_url};
+use rafty_queue::{Publisher, Topology, connect, declare, ensure, mask_url};
 
 pub use submit::SubmitArgs;
 
@@ -160,10 +160,23 @@ async fn outbox(loaded: &Loaded, cmd: OutboxCommand) -> Result<(), Failure> {
     }
 }
 
-/// Connect, open a confirming publisher and declare the topology: what every command starts with.
+/// Connect to the broker of `loaded`, make sure of the topology (declared, or checked for a user
+/// without configure rights) and open a confirming publisher.
 pub(crate) async fn open(
     loaded: &Loaded,
 ) -> Result<(lapin::Connection, Publisher, String), Failure> {
+    let (conn, url) = connect_to(loaded).await?;
+    let timeout = loaded.config.broker.confirm_timeout;
+    let publisher = Publisher::open(&conn, "raftyctl", timeout)
+        .await
+        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+    ensure(&conn, &Topology::from_config(&loaded.config.transcode))
+        .await
+        .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
+    Ok((conn, publisher, url))
+}
+
+async fn connect_to(loaded: &Loaded) -> Result<(lapin::Connection, String), Failure> {
     let url = loaded
         .amqp_url()
         .map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
@@ -178,17 +191,7 @@ pub(crate) async fn open(
                 ),
             )
         })?;
-    let timeout = loaded.config.broker.confirm_timeout;
-    let publisher = Publisher::open(&conn, "raftyctl", timeout)
-        .await
-        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
-    declare(
-        publisher.channel(),
-        &Topology::from_config(&loaded.config.transcode),
-    )
-    .await
-    .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
-    Ok((conn, publisher, mask_url(&url)))
+    Ok((conn, mask_url(&url)))
 }
 
 pub(crate) async fn close(conn: &lapin::Connection) {
@@ -200,9 +203,25 @@ pub(crate) async fn close(conn: &lapin::Connection) {
 }
 
 async fn setup(loaded: &Loaded) -> Result<(), Failure> {
-    let (conn, _publisher, url) = open(loaded).await?;
-    close(&conn).await;
+    let (conn, url) = connect_to(loaded).await?;
     let topology = Topology::from_config(&loaded.config.transcode);
+    let declared = async {
+        let channel = conn.create_channel().await?;
+        Ok::<_, lapin::Error>(declare(&channel, &topology).await)
+    }
+    .await
+    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+    close(&conn).await;
+    declared.map_err(|e| {
+        let mut message = e.to_string();
+        if message.contains("ACCESS_REFUSED") {
+            message.push_str(
+                "\nsetup needs a user that may configure this vhost: use the admin user's URL \
+                 (scripts/broker-users makes rafty-admin)",
+            );
+        }
+        Failure::new(EXIT_PROTOCOL, message)
+    })?;
     let rungs: Vec<String> = (0..topology.retry_delays.len() as u32)
         .filter_map(|i| topology.retry_queue_for(i))
         .collect();

@@ -28,7 +28,7 @@ use rafty_core::{Job, Media};
 use rafty_disc::copy::{self, CopyOptions, Progress};
 use rafty_disc::identity::{self, Plan};
 use rafty_disc::lock::{DriveLock, LockError};
-use rafty_queue::{Outbox, OutboxEntry, Publisher, Topology, connect, declare};
+use rafty_queue::{Outbox, OutboxEntry, Publisher, Topology, connect, ensure};
 use serde_json::json;
 use tracing::{error, info, warn};
 
@@ -564,12 +564,9 @@ impl Events {
             let publisher = Publisher::open(&conn, "rip", timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            declare(
-                publisher.channel(),
-                &Topology::from_config(&loaded.config.transcode),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            ensure(&conn, &Topology::from_config(&loaded.config.transcode))
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, publisher))
         };
         match tokio::time::timeout(timeout, attempt).await {
