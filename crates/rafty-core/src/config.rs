@@ -595,6 +595,13 @@ mod tests {
     }
 
     #[test]
+    fn the_container_image_config_is_valid() {
+        let config = Config::parse(include_str!("../../../docker/rafty.toml")).unwrap();
+        assert_eq!(config.transcode.output_dir, PathBuf::from("/media"));
+        assert_eq!(config.transcode.source_roots, vec![PathBuf::from("/iso")]);
+    }
+
+    #[test]
     fn the_notifier_section_is_accepted_and_left_to_it() {
         let config =
             Config::parse("[notify]\nntfy = [\"https://ntfy.sh/x\"]\nanything = 1\n").unwrap();
