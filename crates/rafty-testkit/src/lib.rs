@@ -13,6 +13,7 @@
 
 mod amqp;
 mod broker;
+mod chaos;
 mod dbus;
 mod env;
 mod faulty;
@@ -22,6 +23,7 @@ mod loopdev;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};
 pub use broker::{Broker, BrokerBuilder, shared_broker};
+pub use chaos::{Rng, durable_event_queue, processes_with, spawn_rip};
 pub use dbus::PrivateBus;
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};
