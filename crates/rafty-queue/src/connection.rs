@@ -14,9 +14,16 @@ pub const CA_CERT_FILE_PARAM: &str = "cacertfile";
 
 /// Open a connection named `name` (shown in the broker's management UI) to `url`.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
+    if !url.contains("://") {
+        return Err(Error::BadUrl {
+            url: mask_url(url),
+            message: "not an AMQP URL: write amqp://user:password@host:5672/vhost (or amqps://…)"
+                .to_owned(),
+        });
+    }
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let (url_for_lapin, ca_file) = take_param(url, CA_CERT_FILE_PARAM);
-    let tls = tls_config(url, ca_file.as_deref()).map_err(|message| Error::Tls {
+    let tls = tls_config(url, ca_file.as_deref()).map_err(|message| Error::BadUrl {
         url: mask_url(url),
         message,
     })?;
@@ -61,7 +68,13 @@ fn tls_config(url: &str, ca_file: Option<&str>) -> Result<OwnedTLSConfig, String
 
 fn connect_hint(url: &str, ca_file: Option<&str>, error: &str) -> String {
     let lower = error.to_ascii_lowercase();
-    if url.starts_with("amqps://") && (lower.contains("certificate") || lower.contains("issuer")) {
+    if lower.contains("native certificates") {
+        " (no system CA certificates to start from: install the ca-certificates package; a cacertfile \
+         is trusted in addition to them)"
+            .to_owned()
+    } else if url.starts_with("amqps://")
+        && (lower.contains("certificate") || lower.contains("issuer"))
+    {
         let trusted = match ca_file {
             Some(path) => format!("the CA in {CA_CERT_FILE_PARAM}={path}"),
             None => format!(
@@ -109,6 +122,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && let Some(hex) = s.get(i + 1..i + 3)
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
             && let Ok(b) = u8::from_str_radix(hex, 16)
         {
             out.push(b);
@@ -121,20 +135,26 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The URL with its password replaced by `***`, for logs and messages.
+/// The URL with its password replaced by `***`, for logs and messages. The password ends at the last
+/// `@`, so one holding `/`, `?` or `#` unencoded is masked too; a string that is not a URL but holds
+/// an `@` is not shown at all.
 pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return if url.contains('@') {
+            "(a broker URL that does not parse; not shown because it may hold a password)"
+                .to_owned()
+        } else {
+            url.to_owned()
+        };
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
+    match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = rest.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+                None => url.to_owned(),
+            }
+        }
         None => url.to_owned(),
     }
 }
@@ -173,5 +193,10 @@ mod tests {
         );
         assert_eq!(mask_url("amqp://broker:5672"), "amqp://broker:5672");
         assert_eq!(mask_url("amqps://u@h/v"), "amqps://u@h/v");
+        assert_eq!(
+            mask_url("amqp://u:ab/c?d#e@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert!(!mask_url("amqp:u:secret@host").contains("secret"));
     }
 }

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::publisher::{header_int, header_str, set_header};
-use crate::{Error, Publisher, Topology, connect, ensure, mask_url};
+use crate::topology::check_retry_rungs;
+use crate::{Ensured, Error, Publisher, Topology, connect, ensure, mask_url};
 
 /// Shutdown requests, mapped from signals by the binary: `drain` stops taking jobs and lets the current
 /// one finish; `abort` stops the current one too (its delivery goes back to the queue).
@@ -458,7 +459,9 @@ async fn session<P: Processor>(
 ) -> Result<SessionEnd, Error> {
     let conn = connect(&opts.url, &format!("{}@{}", opts.app_id, opts.host)).await?;
     let publisher = Publisher::open(&conn, &opts.app_id, opts.confirm_timeout).await?;
-    ensure(&conn, &opts.topology).await?;
+    if let Ensured::Checked { .. } = ensure(&conn, &opts.topology).await? {
+        check_retry_rungs(&conn, &opts.topology).await?;
+    }
     let channel = conn.create_channel().await.map_err(|source| Error::Amqp {
         what: "opening the consume channel",
         source,

@@ -37,9 +37,9 @@ pub enum Error {
         /// What to check, when the error says more than lapin's message does.
         hint: String,
     },
-    /// The URL's TLS settings cannot be used.
+    /// The URL, or its TLS settings, cannot be used.
     #[error("{url}: {message}")]
-    Tls {
+    BadUrl {
         /// The URL, password masked.
         url: String,
         /// What is wrong and what to do.

@@ -97,7 +97,7 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<Ensured, E
         Err(e) => return Err(e),
     };
     let channel = open().await?;
-    check(&channel, topology).await.map_err(|e| match e {
+    check(&channel).await.map_err(|e| match e {
         Error::Declare { what, source, .. } => Error::Declare {
             what,
             source,
@@ -115,8 +115,9 @@ fn access_refused(e: &lapin::Error) -> bool {
     e.to_string().contains("ACCESS_REFUSED")
 }
 
-/// Check passively that every exchange and queue exists (no right needed).
-async fn check(channel: &Channel, topology: &Topology) -> Result<(), Error> {
+/// Check passively that the exchanges, the work queue and the dead-letter queue exist (no right
+/// needed).
+async fn check(channel: &Channel) -> Result<(), Error> {
     for (name, kind) in [
         (RIP_EXCHANGE, ExchangeKind::Topic),
         (EVENTS_EXCHANGE, ExchangeKind::Topic),
@@ -140,14 +141,12 @@ async fn check(channel: &Channel, topology: &Topology) -> Result<(), Error> {
                 hint: "",
             })?;
     }
-    let mut queues = vec![DEAD_QUEUE.to_owned(), WORK_QUEUE.to_owned()];
-    queues.extend(
-        (0..topology.retry_delays.len()).filter_map(|i| topology.retry_queue_for(i as u32)),
-    );
-    for name in queues {
+    // Retry rungs are the workers' business (their config names them): a worker checks its own with
+    // [`check_retry_rungs`]; rip, the notifier and raftyctl need not agree with it.
+    for name in [DEAD_QUEUE, WORK_QUEUE] {
         channel
             .queue_declare(
-                name.as_str().into(),
+                name.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -161,6 +160,36 @@ async fn check(channel: &Channel, topology: &Topology) -> Result<(), Error> {
                 hint: "",
             })?;
     }
+    Ok(())
+}
+
+/// For a worker whose user may not declare: check that every retry queue of its ladder exists (the
+/// admin's `raftyctl setup` made them from its own config; the two configs must agree).
+pub async fn check_retry_rungs(conn: &Connection, topology: &Topology) -> Result<(), Error> {
+    let channel = conn.create_channel().await.map_err(|source| Error::Amqp {
+        what: "opening a channel to check the retry queues",
+        source,
+    })?;
+    for name in (0..topology.retry_delays.len()).filter_map(|i| topology.retry_queue_for(i as u32))
+    {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("retry queue {name}"),
+                source,
+                hint: " (this worker's retry-delays name a queue the admin did not declare: give the admin's \
+                       config the same [transcode] retry-delays and run `raftyctl setup` again)",
+            })?;
+    }
+    let _ = channel.close(200, "checked".into()).await;
     Ok(())
 }
 
