@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rafty_core::job::{Origin, Source};
@@ -561,31 +561,13 @@ fn chaos_soak_every_job_ends_once_as_an_output_or_a_dead_letter() {
         }
     }
 
-    // Temporary encodes left by killed workers are swept by the next worker that starts after they
-    // have been idle for twice the stall timeout: wait for that age, start one, stop it.
+    // Temporary encodes left by killed workers: the next worker that starts on this host removes them
+    // at once (their owner, a process of this host, is gone), without waiting for them to go idle.
     let temps_after_kills: Vec<String> = files_under(&env.media_dir)
         .into_iter()
         .filter(|f| is_temp(f))
         .collect();
     if !temps_after_kills.is_empty() {
-        let idle = Duration::from_secs(STALL_SECS * 2 + 1);
-        wait_for(
-            "the leftover temporary encodes to be idle long enough to sweep",
-            Duration::from_secs(STALL_SECS * 2 + 30),
-            || {
-                files_under(&env.media_dir)
-                    .iter()
-                    .filter(|f| is_temp(f))
-                    .all(|f| {
-                        std::fs::metadata(env.media_dir.join(f))
-                            .and_then(|m| m.modified())
-                            .ok()
-                            .and_then(|t| SystemTime::now().duration_since(t).ok())
-                            .is_none_or(|age| age >= idle)
-                    })
-                    .then_some(())
-            },
-        );
         let mut sweeper = env.worker(&config, &[]);
         sweeper.wait_log("waiting for jobs", Duration::from_secs(60));
         sweeper.signal(Signal::SIGTERM);

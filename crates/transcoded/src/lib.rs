@@ -130,8 +130,9 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
     }
     naming::Naming::new(&t.movie_name, &t.title_name, t.container)
         .map_err(|e| StartError::Config(format!("{e} (in {})", loaded.source_name())))?;
-    // Encodes left by a killed worker: nothing has written them for twice the stall limit.
-    let swept = output::sweep_stale_temps(&t.output_dir, t.stall_timeout * 2);
+    // Encodes left by a killed worker: one of this host's, or one nothing has written for twice the
+    // stall limit.
+    let swept = output::sweep_stale_temps(&t.output_dir, t.stall_timeout * 2, &loaded.host());
     if swept > 0 {
         info!(swept, "removed temporary encodes left by stopped workers");
     }

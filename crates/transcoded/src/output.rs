@@ -117,20 +117,56 @@ pub fn existing(output: &Path, expected: &Sidecar) -> Result<Existing, Failure> 
 }
 
 /// A hidden temporary name for an encode of `output`, unique to this job and process.
-pub fn temp_path(output: &Path, job_id: &str) -> PathBuf {
+pub fn temp_path(output: &Path, job_id: &str, host: &str) -> PathBuf {
     let name = output
         .file_name()
         .expect("outputs have a file name")
         .to_string_lossy();
     // A nonce besides the job and the pid: workers in containers all run as pid 1, and two of them
-    // may encode one job at once (a redelivery after a lost connection).
+    // may encode one job at once (a redelivery after a lost connection). The owner (host and pid)
+    // lets a worker restarted on the same host remove what its killed predecessor left at once.
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     output.with_file_name(format!(
         ".{name}.{}.{}.{}.part",
         &job_id[..job_id.len().min(8)],
-        std::process::id(),
+        owner_tag(host, std::process::id()),
         &nonce[..8]
     ))
+}
+
+/// `HOSTHASH-PID`: who writes a temporary file. The host name is hashed (FNV-1a) because it may hold
+/// dots, which separate the parts of a temporary name.
+fn owner_tag(host: &str, pid: u32) -> String {
+    let hash = host.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}-{pid}")
+}
+
+/// The owner of a temporary file named by [`temp_path`] (or its `.sidecar` companion), when it is
+/// a process of `host` that no longer runs.
+fn owner_is_dead_here(name: &str, host: &str) -> bool {
+    let Some(stem) = name
+        .strip_suffix(".part")
+        .or_else(|| name.strip_suffix(".sidecar"))
+    else {
+        return false;
+    };
+    let Some((rest, _nonce)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    let Some((_, owner)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    let Some(pid) = owner
+        .split_once('-')
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    owner == owner_tag(host, pid)
+        && pid != std::process::id()
+        && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Create the temporary file to prove the directory is writable before HandBrake runs.
@@ -256,10 +292,11 @@ pub fn commit(temp: &Path, output: &Path, sidecar: &Sidecar) -> Result<Committed
     Ok(Committed::Ours)
 }
 
-/// Remove temporary encodes (`.*.part`, and their `.sidecar` companions) under `root` that nothing has
-/// written for `idle`: what a killed worker left behind. A live encode writes all the time, so it is
-/// never this old, whichever host it runs on. Returns how many were removed.
-pub fn sweep_stale_temps(root: &Path, idle: std::time::Duration) -> usize {
+/// Remove temporary encodes (`.*.part`, and their `.sidecar` companions) under `root` that a killed
+/// worker left behind: those of a process of this `host` that no longer runs, at once, and any that
+/// nothing has written for `idle` (a live encode writes all the time, so it is never this old,
+/// whichever host it runs on). Returns how many were removed.
+pub fn sweep_stale_temps(root: &Path, idle: std::time::Duration, host: &str) -> usize {
     let mut removed = 0;
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -285,7 +322,8 @@ pub fn sweep_stale_temps(root: &Path, idle: std::time::Duration) -> usize {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age >= idle);
-            if kind.is_file() && temp && old && fs::remove_file(&path).is_ok() {
+            let orphan = temp && owner_is_dead_here(&name, host);
+            if kind.is_file() && temp && (old || orphan) && fs::remove_file(&path).is_ok() {
                 tracing::info!(file = %path.display(), "removed a temporary encode left by a stopped worker");
                 removed += 1;
             }
@@ -332,7 +370,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let out = dir.join("a.mkv");
-        let temp = temp_path(&out, "0123456789");
+        let temp = temp_path(&out, "0123456789", "here");
         prepare(&dir, &temp).unwrap();
         fs::write(&temp, b"abc").unwrap();
         let mine = sidecar("job-1", 1);
@@ -385,10 +423,39 @@ mod tests {
             .set_modified(old)
             .unwrap();
         assert_eq!(
-            sweep_stale_temps(dir.path(), std::time::Duration::from_secs(600)),
+            sweep_stale_temps(dir.path(), std::time::Duration::from_secs(600), "here"),
             1
         );
         assert!(!stale.exists() && fresh.exists() && video.exists());
+    }
+
+    #[test]
+    fn a_fresh_temp_of_a_dead_worker_of_this_host_is_removed_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("Film.mkv");
+        // Above the kernel's largest pid (4194304): no process has it.
+        let dead = 4_194_305;
+        let named = |host: &str, pid: u32, ext: &str| {
+            dir.path().join(format!(
+                ".Film.mkv.0123abcd.{}.9f8e7d6c.{ext}",
+                owner_tag(host, pid)
+            ))
+        };
+        let orphan = named("attic.lan", dead, "part");
+        let orphan_sidecar = named("attic.lan", dead, "sidecar");
+        let elsewhere = named("den.lan", dead, "part");
+        let alive = temp_path(&out, "0123abcd", "attic.lan");
+        let legacy = dir.path().join(".Film.mkv.0123abcd.4194305.9f8e7d6c.part");
+        for f in [&orphan, &orphan_sidecar, &elsewhere, &alive, &legacy] {
+            File::create(f).unwrap();
+        }
+        let idle = std::time::Duration::from_secs(600);
+        assert_eq!(sweep_stale_temps(dir.path(), idle, "attic.lan"), 2);
+        assert!(!orphan.exists() && !orphan_sidecar.exists());
+        assert!(
+            elsewhere.exists() && alive.exists() && legacy.exists(),
+            "another host's, our own and an unparsable one stay until they are idle"
+        );
     }
 
     #[test]
@@ -399,7 +466,10 @@ mod tests {
         // Both checked before either committed.
         assert!(matches!(existing(&out, &a).unwrap(), Existing::Absent));
         assert!(matches!(existing(&out, &b).unwrap(), Existing::Absent));
-        let (ta, tb) = (temp_path(&out, "aaaaaaaa"), temp_path(&out, "bbbbbbbb"));
+        let (ta, tb) = (
+            temp_path(&out, "aaaaaaaa", "here"),
+            temp_path(&out, "bbbbbbbb", "here"),
+        );
         prepare(dir.path(), &ta).unwrap();
         prepare(dir.path(), &tb).unwrap();
         fs::write(&ta, b"from a").unwrap();
@@ -415,7 +485,7 @@ mod tests {
         assert!(!tb.exists(), "the loser's temporary file is removed");
 
         // The same work racing: the second finds the first's output and stands down.
-        let tc = temp_path(&out, "cccccccc");
+        let tc = temp_path(&out, "cccccccc", "here");
         prepare(dir.path(), &tc).unwrap();
         assert_eq!(
             commit(&tc, &out, &sidecar("job-a", 1)).unwrap(),
@@ -426,7 +496,7 @@ mod tests {
         // A sidecar whose video never arrived (a crash in between) is replaced.
         let other = dir.path().join("other.mkv");
         fs::write(sidecar_path(&other), serde_json::to_vec(&b).unwrap()).unwrap();
-        let td = temp_path(&other, "dddddddd");
+        let td = temp_path(&other, "dddddddd", "here");
         prepare(dir.path(), &td).unwrap();
         assert_eq!(commit(&td, &other, &a).unwrap(), Committed::Ours);
     }

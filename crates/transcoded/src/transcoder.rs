@@ -309,7 +309,7 @@ impl Transcoder {
         template: Sidecar,
         cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
-        let temp = output::temp_path(path, &job.id.to_string());
+        let temp = output::temp_path(path, &job.id.to_string(), &self.host);
         output::prepare(path.parent().expect("output has a directory"), &temp)?;
         let result = self
             .encode_to(
@@ -408,16 +408,16 @@ impl Transcoder {
         });
         result.map_err(hb_failure)?;
 
-        let scanned = self
-            .handbrake
-            .scan(temp, self.stall_timeout)
-            .await
-            .map_err(|e| {
-                Failure::OutputTruncated(format!(
-                    "HandBrake cannot read its own output {}: {e}",
-                    temp.display()
-                ))
-            })?;
+        let scanned = tokio::select! {
+            r = self.handbrake.scan(temp, self.stall_timeout) => r,
+            _ = cancel.cancelled() => return Err(Failure::Shutdown),
+        }
+        .map_err(|e| {
+            Failure::OutputTruncated(format!(
+                "HandBrake cannot read its own output {}: {e}",
+                temp.display()
+            ))
+        })?;
         let got = scanned.titles.first().ok_or_else(|| {
             Failure::OutputTruncated(format!("the output of title {} has no video", title.index))
         })?;
@@ -447,6 +447,10 @@ impl Transcoder {
             finished_at: now(),
             ..template
         };
+        // A job taken back while it was verified belongs to another worker now: no output from here.
+        if cancel.is_cancelled() {
+            return Err(Failure::Shutdown);
+        }
         let sidecar = match output::commit(temp, path, &sidecar)? {
             output::Committed::Ours => sidecar,
             output::Committed::Theirs => {
