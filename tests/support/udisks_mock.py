@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Drive a python3-dbusmock stand-in for udisksd (tests/eject.rs).
+"""Drive a python3-dbusmock stand-in for udisksd (tests/acceptance/eject.rs).
 
 dbusmock has no udisks2 template, so the test starts a bare mock
 
