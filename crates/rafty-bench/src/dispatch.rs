@@ -3,7 +3,7 @@
 //! the same broker; and the publish rate of the library publisher next to raw lapin.
 //!
 //! Rafty's side: jobs go to `rafty.rip` (`rafty.rip.iso.dvd`) and the real work queue
-//! `rafty.transcode`, and are consumed by [`rafty_queue::run_worker`] (prefetch 1, decode, process,
+//! `rafty.transcode`, and are consumed by [`rafty_queue::run`] (prefetch 1, decode, process,
 //! confirmed `done` event, ack) with a processor that returns at once and records when it was called.
 //! The baseline: a quorum queue declared with the work queue's arguments (`rafty-bench.lapin`, bound
 //! to the same exchange) consumed by a minimal lapin loop (prefetch 1, consume, ack). The sides take

@@ -1,7 +1,7 @@
 //! Failure paths: how long after a retryable failure the job comes back (against the retry rung's
 //! TTL), and how long after a permanent failure the job can be taken from `rafty.transcode.dead`.
 //!
-//! One worker runs the product's loop ([`rafty_queue::run_worker`]) with the ladder `["1s", "2s"]`.
+//! One worker runs the product's loop ([`rafty_queue::run`]) with the ladder `["1s", "2s"]`.
 //! Its processor fails `retry-…` jobs as `SourceUnavailable` (retryable) on their first attempts and
 //! `dead-…` jobs as `BadMessage` (permanent), and records when it returned each failure and when each
 //! attempt arrived. Redelivery = the next attempt's arrival minus the failure's return (the copy to

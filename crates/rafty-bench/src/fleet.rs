@@ -1,5 +1,5 @@
 //! What the fleet-level groups (`dispatch`, `scaling`, `failures`) share: a bench-only
-//! [`Processor`] plugged into the product's own worker loop ([`run_worker`]), workers on threads of
+//! [`Processor`] plugged into the product's own worker loop ([`rafty_queue::run`]), workers on threads of
 //! their own (one connection and one single-threaded runtime each, as `transcoded` runs), the
 //! baseline (a minimal lapin consume-ack loop), publishing helpers and statistics.
 
@@ -15,13 +15,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind};
 use rafty_core::job::{Origin, Source};
-use rafty_core::names::{
-    CONTENT_TYPE_JSON, DEAD_EXCHANGE, EVENTS_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE, event_routing_key,
-};
+use rafty_core::names::{CONTENT_TYPE_JSON, DEAD_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE};
+use rafty_core::wire::{self, Event};
 use rafty_core::{Failure, Job, Media};
 use rafty_queue::{
-    Incoming, Outcome, Processor, Publisher, Shutdown, Stats, Topology, WorkerOptions, connect,
-    run_worker,
+    ConsumerOptions, Incoming, Outcome, Processor, Publisher, Shutdown, Stats, Topology, connect,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -168,9 +166,9 @@ impl Processor for BenchProcessor {
         if !self.cost.is_zero() {
             tokio::time::sleep(self.cost).await;
         }
-        let (name, created_at) = match &incoming.job {
-            Ok(job) => (job.output.name.as_str(), Some(job.created_at)),
-            Err(_) => ("", None),
+        let (job_id, name, created_at) = match incoming.job() {
+            Ok(job) => (job.id, job.output.name.as_str(), Some(job.created_at)),
+            Err(_) => (uuid::Uuid::nil(), "", None),
         };
         let id = incoming.id();
         let outcome = if name.starts_with("dead") {
@@ -182,14 +180,12 @@ impl Processor for BenchProcessor {
                 "rafty-bench: a retryable failure on purpose".into(),
             ))
         } else {
-            Outcome::Done(serde_json::json!({
-                "id": id,
-                "host": format!("bench-worker-{}", self.worker),
-                "name": name,
-                "outputs": [],
-                "skipped": false,
-                "attempt": incoming.attempt,
-            }))
+            Outcome::Done(done_event(
+                job_id,
+                &format!("bench-worker-{}", self.worker),
+                name,
+                incoming.attempt,
+            ))
         };
         let _ = self.records.send(Record {
             worker: self.worker,
@@ -201,6 +197,23 @@ impl Processor for BenchProcessor {
             end: Instant::now(),
         });
         outcome
+    }
+}
+
+/// The `done` event of a bench job: as small as a real one with no outputs.
+fn done_event(id: uuid::Uuid, host: &str, name: &str, attempt: u32) -> wire::Done {
+    wire::Done {
+        id,
+        host: host.to_owned(),
+        name: name.to_owned(),
+        disc: None,
+        outputs: Vec::new(),
+        skipped: false,
+        attempt,
+        preset: String::new(),
+        handbrake: String::new(),
+        elapsed_secs: 0.0,
+        finished_at: String::new(),
     }
 }
 
@@ -218,27 +231,27 @@ pub struct BenchWorker {
     thread: Option<JoinHandle<Result<Stats, String>>>,
 }
 
-/// Start [`run_worker`] with `processor` on `url` (exits by itself after `max_jobs`).
+/// Start [`rafty_queue::run`] with `processor` on `url` (exits by itself after `max_jobs`).
 pub fn spawn_worker(url: &str, processor: BenchProcessor, max_jobs: Option<u64>) -> BenchWorker {
     let shutdown = Shutdown::new();
-    let opts = WorkerOptions {
+    let opts = ConsumerOptions {
         url: url.to_owned(),
         app_id: APP.to_owned(),
         host: format!("bench-worker-{}", processor.worker),
+        queue: rafty_core::names::WORK_QUEUE.to_owned(),
+        noun: "job",
         topology: topology(),
         confirm_timeout: CONFIRM_TIMEOUT,
-        max_jobs,
+        max_deliveries: max_jobs,
         reconnect_max: Duration::from_secs(1),
-        control: None,
-        heartbeat: Duration::from_secs(60),
-        pause: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        hold: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
     };
     let stop = shutdown.clone();
     let thread = std::thread::Builder::new()
         .name(format!("bench-worker-{}", processor.worker))
         .spawn(move || {
             runtime()
-                .block_on(run_worker(&opts, &processor, &stop))
+                .block_on(rafty_queue::run(&opts, &processor, &stop))
                 .map_err(|e| e.to_string())
         })
         .expect("start a worker thread");
@@ -320,7 +333,7 @@ pub fn spawn_lapin_loop(url: &str, queue: &str, max: Option<usize>, then: Then) 
                 confirms
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
-                let event_key = event_routing_key("done");
+                let event = Event::Done(done_event(uuid::Uuid::nil(), "bench", "lapin-loop", 0));
                 let mut consumer = ch
                     .basic_consume(
                         queue.as_str().into(),
@@ -345,16 +358,14 @@ pub fn spawn_lapin_loop(url: &str, queue: &str, max: Option<usize>, then: Then) 
                     let publish = match &then {
                         Then::Ack => None,
                         Then::Event => {
-                            let body = serde_json::to_vec(&serde_json::json!({
-                                "id": "lapin-loop", "host": "bench", "outputs": [], "skipped": false,
-                            }))?;
+                            let body = event.to_json();
                             let props = BasicProperties::default()
                                 .with_content_type(CONTENT_TYPE_JSON.into())
                                 .with_delivery_mode(2)
                                 .with_type("rafty.event.done.v1".into())
                                 .with_app_id(APP.into())
                                 .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64);
-                            Some((EVENTS_EXCHANGE, event_key.as_str(), body, props, false))
+                            Some((event.exchange(), event.routing_key(), body, props, false))
                         }
                         Then::Forward(exchange, key) => Some((
                             exchange.as_str(),

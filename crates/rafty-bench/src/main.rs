@@ -402,7 +402,7 @@ fn write_doc(
          Rip: `rip` copying a loop device (a file of real data, page cache warm) to an image on the\n\
          same file system, against `dd bs=1M conv=fsync`, `dd bs=2048 conv=fsync` and `ddrescue` + `sync`\n\
          doing the same; rip also fingerprints the disc, keeps its map, hashes SHA-256 and publishes a job.\n\n\
-         Dispatch. Rafty: the product's worker loop (`rafty_queue::run_worker`: prefetch 1,\n\
+         Dispatch. Rafty: the product's worker loop (`rafty_queue::run`: prefetch 1,\n\
          decode, process, confirmed `done` event, ack) with a bench-only processor that returns at once, on\n\
          the real topology. Baseline: a minimal lapin loop (prefetch 1, consume, ack) on a quorum queue\n\
          declared with the work queue's arguments, on the same broker. The sides take turns in batches, so\n\

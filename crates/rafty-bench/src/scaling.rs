@@ -1,7 +1,7 @@
 //! Fleet scaling: 1, 2 and 4 workers on one broker draining a queue of jobs whose cost is fixed and
 //! known, against the ideal N × (1 / cost).
 //!
-//! Each worker is the product's loop ([`rafty_queue::run_worker`]) on a thread of its own with its own
+//! Each worker is the product's loop ([`rafty_queue::run`]) on a thread of its own with its own
 //! connection, as separate `transcoded` processes would be; its processor sleeps for the job's cost (this
 //! machine has 2 cores, so a sleep, not CPU work, stands for the encode). The workers first wait on the
 //! empty work queue; then M jobs are queued at full speed, and the figure is M divided by the time from

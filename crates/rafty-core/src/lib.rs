@@ -1,5 +1,5 @@
-//! The parts of Rafty every program shares: the job message (v1), the configuration file, the failure
-//! classes that decide between retry and dead letter, the names of the broker topology, and the
+//! The parts of Rafty every program shares: the job message (v1) and every other message on the wire
+//! ([`wire`]: events, worker status, control), the configuration file, the failure classes that decide between retry and dead letter, the names of the broker topology, and the
 //! volume label reader for disc images.
 //!
 //! Nothing here talks to the network or spawns a process; everything is a plain value or a pure function,
@@ -12,6 +12,7 @@ pub mod label;
 pub mod logging;
 pub mod names;
 pub mod paths;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use failure::{Class, Failure, classify};

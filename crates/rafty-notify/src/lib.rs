@@ -26,44 +26,28 @@ pub mod signals;
 pub mod target;
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
-use rafty_queue::{Topology, connect, ensure, mask_url};
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use rafty_core::wire;
+use rafty_queue::{
+    ConsumerOptions, Ensured, Incoming, Outcome, Processor, Publisher, SessionTasks, Topology,
+    mask_url,
+};
+use tracing::{Span, debug, info, info_span, warn};
 
 pub use config::{EventKind, NotifyConfig, Settings};
 pub use event::Event;
+pub use rafty_queue::Shutdown;
 pub use target::{DeliveryError, Target};
 
 /// Longest wait between two attempts to reach the broker.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Deliveries whose progress (targets that took them) is remembered across redeliveries.
 const REMEMBERED: usize = 64;
-
-/// Stop requests, mapped from signals by the binary.
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown {
-    /// Take no more events; finish the one in hand (its targets' current attempts), then exit.
-    pub stop: CancellationToken,
-    /// Stop now, even in the middle of a request (the event stays in the queue).
-    pub abort: CancellationToken,
-}
-
-impl Shutdown {
-    /// A shutdown that nothing has requested yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
 
 /// What the notifier did, for the last log line and for tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -74,26 +58,6 @@ pub struct Stats {
     pub ignored: u64,
     /// Attempts to deliver to a target that failed.
     pub failed_attempts: u64,
-}
-
-/// Errors of one session with the broker; the notifier reconnects after each.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Queue(#[from] rafty_queue::Error),
-    #[error("{what}: {source}")]
-    Amqp {
-        what: &'static str,
-        source: lapin::Error,
-    },
-    #[error("the broker ended the consumer on {0}")]
-    ConsumerEnded(String),
-    #[error("the channel closed before the event was acked; the broker will deliver it again")]
-    Lost,
-}
-
-fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
-    move |source| SessionError::Amqp { what, source }
 }
 
 /// A delivery, as recognised when the broker hands it out again: its routing key and its body.
@@ -123,20 +87,15 @@ impl Progress {
     }
 }
 
+/// The notifier's [`Processor`] for the shared consumer loop.
 struct Notifier {
     settings: Settings,
     targets: Vec<Target>,
     events: BTreeSet<EventKind>,
     agent: ureq::Agent,
-    progress: Progress,
-    stats: Stats,
-}
-
-enum Handled {
-    /// Acked (delivered everywhere, or ignored).
-    Acked,
-    /// Stopped with the event unacked: it stays in the queue.
-    Stopped,
+    shutdown: Shutdown,
+    progress: Mutex<Progress>,
+    stats: Mutex<Stats>,
 }
 
 /// Run the notifier until `shutdown` stops it. Returns what it did.
@@ -151,41 +110,37 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Stats {
         events = %notify.event_set().iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
         "rafty-notify starting"
     );
-    let mut notifier = Notifier {
+    let options = ConsumerOptions {
+        url: settings.url.clone(),
+        app_id: "rafty-notify".to_owned(),
+        host: settings.loaded.host(),
+        queue: notify.queue.clone(),
+        noun: "event",
+        topology: Topology::from_config(&settings.loaded.config.transcode),
+        confirm_timeout: settings.loaded.config.broker.confirm_timeout,
+        max_deliveries: None,
+        reconnect_max: RECONNECT_MAX,
+        hold: Arc::new(tokio::sync::watch::channel(false).0),
+    };
+    let notifier = Notifier {
         events: notify.event_set(),
         agent: target::http_agent(notify.timeout),
         targets,
         settings,
-        progress: Progress::default(),
-        stats: Stats::default(),
+        shutdown: shutdown.clone(),
+        progress: Mutex::default(),
+        stats: Mutex::default(),
     };
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        if shutdown.stop.is_cancelled() {
-            break;
-        }
-        let mut consuming = false;
-        match notifier.session(&shutdown, &mut consuming).await {
-            Ok(()) => break,
-            Err(e) => {
-                if consuming {
-                    backoff = Duration::from_millis(500);
-                }
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost; reconnecting");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.stop.cancelled() => break,
-        }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
+    if let Err(e) = rafty_queue::run(&options, &notifier, &shutdown).await {
+        warn!(error = %e, "the consumer loop stopped");
     }
-    info!(stats = ?notifier.stats, "rafty-notify stopped");
-    notifier.stats
+    let stats = notifier.stats();
+    info!(?stats, "rafty-notify stopped");
+    stats
 }
 
 /// Declare the notifier's quorum queue and bind it to the four events.
-async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), SessionError> {
+async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), rafty_queue::Error> {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -228,191 +183,152 @@ async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), SessionErro
     Ok(())
 }
 
-async fn close(conn: &Connection) {
-    let _ = conn.close(200, "rafty-notify stopping".into()).await;
-}
-
 impl Notifier {
-    async fn session(
-        &mut self,
-        shutdown: &Shutdown,
-        consuming: &mut bool,
-    ) -> Result<(), SessionError> {
-        let host = self.settings.loaded.host();
-        let queue = self.settings.notify.queue.clone();
-        let tag = format!("rafty-notify@{host}-{}", std::process::id());
-        let topology = Topology::from_config(&self.settings.loaded.config.transcode);
-        let setup = async {
-            let conn = connect(&self.settings.url, &format!("rafty-notify@{host}")).await?;
-            let channel = conn
-                .create_channel()
-                .await
-                .map_err(amqp("opening a channel"))?;
-            ensure(&conn, &topology).await?;
-            declare_queue(&channel, &queue).await?;
-            // Quorum queues refuse global QoS: one unacked event for this consumer.
-            channel
-                .basic_qos(1, BasicQosOptions { global: false })
-                .await
-                .map_err(amqp("setting prefetch"))?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(amqp("consuming the notification queue"))?;
-            Ok::<_, SessionError>((conn, channel, consumer))
-        };
-        // A broker that does not answer must not delay a stop.
-        let (conn, channel, mut consumer) = tokio::select! {
-            r = setup => r?,
-            _ = shutdown.stop.cancelled() => return Ok(()),
-        };
-        *consuming = true;
-        info!(url = %mask_url(&self.settings.url), queue = %queue, "connected; waiting for events");
-
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = shutdown.stop.cancelled() => break,
-                next = consumer.next() => match next {
-                    Some(Ok(d)) => d,
-                    Some(Err(source)) => return Err(SessionError::Amqp { what: "receiving an event", source }),
-                    None => return Err(SessionError::ConsumerEnded(queue)),
-                },
-            };
-            match self.handle(delivery, &channel, shutdown).await? {
-                Handled::Acked if !shutdown.stop.is_cancelled() => {}
-                Handled::Acked | Handled::Stopped => break,
-            }
-        }
-        info!("stopping: no more events will be taken");
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        close(&conn).await;
-        Ok(())
+    fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    async fn handle(
-        &mut self,
-        delivery: Delivery,
-        channel: &Channel,
-        shutdown: &Shutdown,
-    ) -> Result<Handled, SessionError> {
-        let routing_key = delivery.routing_key.as_str().to_owned();
-        let body: Option<serde_json::Value> = serde_json::from_slice(&delivery.data)
-            .ok()
-            .filter(serde_json::Value::is_object);
-        let job_id = body
-            .as_ref()
-            .and_then(|b| b.get("id").or_else(|| b.get("job")))
-            .and_then(|v| v.as_str())
-            .unwrap_or("-")
-            .to_owned();
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_else(|| "-".to_owned());
-        let span = info_span!(
-            "event",
-            routing_key = %routing_key,
-            message_id = %message_id,
-            job_id = %job_id,
-            redelivered = delivery.redelivered,
-        );
-        async {
-            let kind = EventKind::from_routing_key(&routing_key);
-            let (kind, body) = match (kind, body) {
-                (Some(kind), Some(body)) if self.events.contains(&kind) => (kind, body),
-                (Some(kind), Some(_)) => {
-                    debug!(event = %kind, "not in [notify] events: acked without a notification");
-                    self.stats.ignored += 1;
-                    return ack(&delivery).await.map(|()| Handled::Acked);
-                }
-                (None, _) => {
-                    warn!("not an event the notifier knows: acked without a notification");
-                    self.stats.ignored += 1;
-                    return ack(&delivery).await.map(|()| Handled::Acked);
-                }
-                (Some(_), None) => {
-                    warn!(bytes = delivery.data.len(), "the body is not a JSON object: acked without a notification");
-                    self.stats.ignored += 1;
-                    return ack(&delivery).await.map(|()| Handled::Acked);
-                }
-            };
-            let event = Event { kind, routing_key: routing_key.clone(), body };
-            let key = (routing_key.clone(), delivery.data.clone());
-            loop {
-                for (i, target) in self.targets.iter().enumerate() {
-                    if self.progress.done(&key).contains(&i) {
-                        continue;
-                    }
-                    let attempt = target.deliver(&event, &self.agent, self.settings.notify.timeout);
-                    let result = tokio::select! {
-                        r = attempt => r,
-                        _ = shutdown.abort.cancelled() => {
-                            warn!(to = %target, "stopped in the middle of a notification; the event stays in the queue");
-                            return Ok(Handled::Stopped);
-                        }
-                    };
-                    match result {
-                        Ok(()) => {
-                            info!(to = %target, "notified");
-                            self.progress.done(&key).insert(i);
-                        }
-                        Err(e) => {
-                            self.stats.failed_attempts += 1;
-                            warn!(
-                                to = %target,
-                                error = %e,
-                                retry_in_secs = self.settings.notify.retry_delay.as_secs_f64(),
-                                "notification failed; it will be tried again"
-                            );
-                        }
-                    }
-                }
-                if self.progress.done(&key).len() == self.targets.len() {
-                    ack(&delivery).await?;
-                    self.progress.forget(&key);
-                    self.stats.delivered += 1;
-                    return Ok(Handled::Acked);
-                }
-                if shutdown.stop.is_cancelled() {
-                    warn!("stopping before every target had the event; it stays in the queue and is sent again to those that did not");
-                    return Ok(Handled::Stopped);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.settings.notify.retry_delay) => {}
-                    _ = shutdown.stop.cancelled() => {
-                        warn!("stopping before every target had the event; it stays in the queue and is sent again to those that did not");
-                        return Ok(Handled::Stopped);
-                    }
-                }
-                if !channel.status().connected() {
-                    // consumer_timeout or a broken link: the broker hands the event out again, and the
-                    // targets that had it are remembered.
-                    return Err(SessionError::Lost);
-                }
-            }
+    fn count(&self, update: impl FnOnce(&mut Stats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            update(&mut s);
         }
-        .instrument(span)
-        .await
+    }
+
+    /// Whether target `i` already took the delivery `key`; `take` records that it did.
+    fn had(&self, key: &DeliveryKey, i: usize, take: bool) -> bool {
+        let Ok(mut progress) = self.progress.lock() else {
+            return false;
+        };
+        let done = progress.done(key);
+        if take {
+            done.insert(i);
+        }
+        done.contains(&i)
+    }
+
+    fn all_had(&self, key: &DeliveryKey) -> bool {
+        (0..self.targets.len()).all(|i| self.had(key, i, false))
     }
 }
 
-async fn ack(delivery: &Delivery) -> Result<(), SessionError> {
-    let ok = delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .map_err(amqp("acknowledging the event"))?;
-    if ok { Ok(()) } else { Err(SessionError::Lost) }
+impl Processor for Notifier {
+    async fn connected(
+        &self,
+        conn: &Connection,
+        _: &Ensured,
+    ) -> Result<SessionTasks, rafty_queue::Error> {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|source| rafty_queue::Error::Amqp {
+                what: "opening a channel",
+                source,
+            })?;
+        declare_queue(&channel, &self.settings.notify.queue).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(SessionTasks::new())
+    }
+
+    fn span(&self, incoming: &Incoming) -> Span {
+        let key = incoming.delivery().routing_key.as_str();
+        let job_id = wire::Event::decode(key, incoming.data())
+            .ok()
+            .and_then(|e| e.job_id())
+            .unwrap_or_else(|| "-".to_owned());
+        info_span!(
+            "event",
+            routing_key = %key,
+            message_id = incoming.message_id.as_deref().unwrap_or("-"),
+            job_id = %job_id,
+            redelivered = incoming.redelivered,
+        )
+    }
+
+    async fn process(&self, incoming: &Incoming, _events: &Publisher) -> Outcome {
+        let routing_key = incoming.delivery().routing_key.as_str().to_owned();
+        let event = match EventKind::from_routing_key(&routing_key) {
+            None => {
+                warn!("not an event the notifier knows: acked without a notification");
+                None
+            }
+            Some(kind) if !self.events.contains(&kind) => {
+                debug!(event = %kind, "not in [notify] events: acked without a notification");
+                None
+            }
+            Some(kind) => {
+                let event = Event::new(kind, &routing_key, incoming.data());
+                if event.is_none() {
+                    warn!(
+                        bytes = incoming.data().len(),
+                        "the body is not a JSON object: acked without a notification"
+                    );
+                }
+                event
+            }
+        };
+        let Some(event) = event else {
+            self.count(|s| s.ignored += 1);
+            return Outcome::Consumed;
+        };
+        if let Err(why) = &event.wire {
+            warn!(error = %why, "the body is not the event its routing key says; notifying with what the key tells");
+        }
+        let key = (routing_key, incoming.data().to_vec());
+        let stop = || {
+            warn!(
+                "stopping before every target had the event; it stays in the queue and is sent again to those that did not"
+            );
+            Outcome::Release
+        };
+        loop {
+            for (i, target) in self.targets.iter().enumerate() {
+                if self.had(&key, i, false) {
+                    continue;
+                }
+                let attempt = target.deliver(&event, &self.agent, self.settings.notify.timeout);
+                let result = tokio::select! {
+                    r = attempt => r,
+                    _ = incoming.cancel.cancelled() => {
+                        warn!(to = %target, "stopped in the middle of a notification; the event stays in the queue");
+                        return Outcome::Release;
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        info!(to = %target, "notified");
+                        self.had(&key, i, true);
+                    }
+                    Err(e) => {
+                        self.count(|s| s.failed_attempts += 1);
+                        warn!(
+                            to = %target,
+                            error = %e,
+                            retry_in_secs = self.settings.notify.retry_delay.as_secs_f64(),
+                            "notification failed; it will be tried again"
+                        );
+                    }
+                }
+            }
+            if self.all_had(&key) {
+                if let Ok(mut p) = self.progress.lock() {
+                    p.forget(&key);
+                }
+                self.count(|s| s.delivered += 1);
+                return Outcome::Consumed;
+            }
+            if self.shutdown.drain.is_cancelled() {
+                return stop();
+            }
+            // A delivery held for a retry is watched by the loop: when the broker takes it back
+            // (consumer_timeout, a broken link) `cancel` fires, and the targets that had it are
+            // remembered for the redelivery.
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.notify.retry_delay) => {}
+                _ = self.shutdown.drain.cancelled() => return stop(),
+                _ = incoming.cancel.cancelled() => return stop(),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub fn shutdown_on_signals() -> std::io::Result<Shutdown> {
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         warn!("stop requested: finishing the notification in hand (signal again to stop now)");
-        s.stop.cancel();
+        s.drain.cancel();
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         warn!("second stop request: stopping now");
         s.abort.cancel();

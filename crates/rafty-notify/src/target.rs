@@ -306,11 +306,8 @@ mod tests {
     use crate::config::EventKind;
 
     fn event() -> Event {
-        Event {
-            kind: EventKind::RipDone,
-            routing_key: EventKind::RipDone.routing_key(),
-            body: serde_json::json!({"device": "/dev/sr0"}),
-        }
+        let kind = EventKind::RipDone;
+        Event::new(kind, &kind.routing_key(), br#"{"device": "/dev/sr0"}"#).expect("a JSON object")
     }
 
     /// An https:// target speaks TLS (rustls): the first bytes on the wire are a TLS handshake record.

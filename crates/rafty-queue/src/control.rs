@@ -1,7 +1,7 @@
 //! Talking to every worker at once, in about a second, without the management plugin.
 //!
 //! Each worker binds an exclusive, server-named queue to the `rafty.control` fanout exchange and
-//! answers requests (`{"request": "status"}`, `{"request": "drain", "host": "…"}`, `"resume"`) on the
+//! answers requests ([`ControlRequest`]: status, drain, resume) with its [`WorkerStatus`] on the
 //! request's `reply_to`. `raftyctl` consumes RabbitMQ's direct reply-to pseudo-queue
 //! (`amq.rabbitmq.reply-to`), publishes one request, and collects the answers that arrive within its
 //! wait.
@@ -16,12 +16,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use rafty_core::names::{CONTENT_TYPE_JSON, CONTROL_EXCHANGE};
-use serde_json::Value;
+use rafty_core::wire::{ControlRequest, WorkerStatus};
 
 use crate::Error;
 
-/// How a worker answers a control request: the reply, or `None` when the request is not for it.
-pub type ControlFn = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
+/// How a worker answers a control request: its status, or `None` when the request is not for it.
+pub type ControlFn = Arc<dyn Fn(&ControlRequest) -> Option<WorkerStatus> + Send + Sync>;
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -81,7 +81,13 @@ pub async fn serve(
             if let Some(id) = request.properties.correlation_id().clone() {
                 props = props.with_correlation_id(id);
             }
-            let ask = serde_json::from_slice::<Value>(&request.data).unwrap_or(Value::Null);
+            let ask = match serde_json::from_slice::<ControlRequest>(&request.data) {
+                Ok(ask) => ask,
+                Err(e) => {
+                    tracing::debug!(error = %e, "not a control request this worker knows; ignored");
+                    continue;
+                }
+            };
             let Some(reply) = handler(&ask) else { continue };
             let body = serde_json::to_vec(&reply).expect("replies serialize");
             let sent = channel
@@ -101,7 +107,11 @@ pub async fn serve(
 }
 
 /// Send `request` to every worker; the answers that arrive within `wait` are returned.
-pub async fn ask(conn: &Connection, request: &Value, wait: Duration) -> Result<Vec<Value>, Error> {
+pub async fn ask(
+    conn: &Connection,
+    request: &ControlRequest,
+    wait: Duration,
+) -> Result<Vec<WorkerStatus>, Error> {
     let channel = conn
         .create_channel()
         .await
@@ -124,7 +134,7 @@ pub async fn ask(conn: &Connection, request: &Value, wait: Duration) -> Result<V
         .with_content_type(CONTENT_TYPE_JSON.into())
         .with_reply_to(REPLY_TO.into())
         .with_correlation_id(correlation.as_str().into())
-        .with_type("rafty.control.v1".into());
+        .with_type(ControlRequest::TYPE.into());
     channel
         .basic_publish(
             CONTROL_EXCHANGE.into(),
@@ -146,8 +156,13 @@ pub async fn ask(conn: &Connection, request: &Value, wait: Duration) -> Result<V
                     .as_ref()
                     .map(|c| c.as_str())
                     == Some(correlation.as_str());
-                if same && let Ok(v) = serde_json::from_slice::<Value>(&reply.data) {
-                    answers.push(v);
+                if same {
+                    match serde_json::from_slice::<WorkerStatus>(&reply.data) {
+                        Ok(status) => answers.push(status),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a worker answered with a status this version cannot read; skipped")
+                        }
+                    }
                 }
             }
             Ok(Some(Err(e))) => {

@@ -1,27 +1,37 @@
-//! Rafty on RabbitMQ (lapin): the topology, a confirmed publisher, and the worker's consumer loop.
+//! Rafty on RabbitMQ (lapin): the topology, a confirmed publisher, and the one consumer loop.
 //!
-//! - [`topology`] declares every exchange and queue of DESIGN.md's contract, idempotently; every program
-//!   calls it at start-up, so a job published before any worker ran is queued, not dropped.
+//! Layout:
+//! - [`topology`] declares every exchange and queue of the contract (docs/protocol.md, "Topology"),
+//!   idempotently, or checks them for a user without configure rights; every program calls it at start-up,
+//!   so a job published before any worker ran is queued, not dropped.
+//! - [`connection`] opens a connection (plain or TLS) and masks passwords in what it logs.
 //! - [`publisher::Publisher`] publishes with publisher confirms (and `mandatory` for jobs), with a
-//!   timeout, and turns a nack, a return or a lost connection into an error that says so.
-//! - [`consumer`] is the worker loop: prefetch 1, one [`consumer::Processor`] call per delivery, and
-//!   one function, [`consumer::settle`], mapping its [`consumer::Outcome`] to ack, retry rung, dead
-//!   letter or requeue, with every copy confirmed before the original is acked. It reconnects with
-//!   capped backoff and drains on shutdown.
+//!   timeout, and turns a nack, a return or a lost connection into an error that says so; events are
+//!   the typed [`rafty_core::wire::Event`].
+//! - [`consumer`] is the consumer loop every daemon runs: prefetch 1, one [`consumer::Processor`] call
+//!   per delivery, reconnection with capped backoff, drain and abort on [`consumer::Shutdown`].
+//! - [`watchdog`] notices the broker taking a delivery in hand back, so its work stops at once.
+//! - [`settle`]: [`settle::verdict`], the one pure function from an [`settle::Outcome`] to ack, retry
+//!   rung, dead letter or requeue, and [`settle::settle`], which does it with every copy confirmed
+//!   before the original is acked; [`headers`] builds the copies' headers.
+//! - [`control`] answers and asks `rafty.control` requests (`raftyctl status`, `drain`, `resume`).
+//! - [`outbox`] keeps jobs on disk while the broker is away.
 
 pub mod connection;
 pub mod consumer;
 pub mod control;
+pub mod headers;
 pub mod outbox;
 pub mod publisher;
+pub mod settle;
 pub mod topology;
+pub mod watchdog;
 
 pub use connection::{connect, mask_url};
-pub use consumer::{
-    Incoming, Outcome, Processor, Shutdown, Stats, WorkerOptions, run_worker, settle,
-};
+pub use consumer::{ConsumerOptions, Incoming, Processor, SessionTasks, Shutdown, Stats, run};
 pub use outbox::{Entry as OutboxEntry, Outbox};
 pub use publisher::{PublishError, Publisher};
+pub use settle::{Action, Outcome, Settled, settle, verdict};
 pub use topology::{Ensured, Topology, declare, ensure};
 
 /// Errors talking to the broker.

@@ -6,9 +6,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use rafty_core::Job;
-use rafty_core::names::{
-    CONTENT_TYPE_JSON, EVENTS_EXCHANGE, HEADER_ATTEMPT, JOB_TYPE, event_routing_key,
-};
+use rafty_core::names::{CONTENT_TYPE_JSON, HEADER_ATTEMPT, JOB_TYPE};
+use rafty_core::wire::Event;
 use time::OffsetDateTime;
 
 /// Why a publish did not make it.
@@ -99,7 +98,7 @@ impl Publisher {
         &self.channel
     }
 
-    /// The properties of a job message (DESIGN.md, "The job message").
+    /// The properties of a job message (docs/protocol.md, "The job message").
     pub fn job_properties(&self, job: &Job, attempt: u32) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -128,35 +127,23 @@ impl Publisher {
             .await
     }
 
-    /// Publish an event on any exchange (e.g. `rafty.rip.progress` on `rafty.rip`), confirmed, not
-    /// mandatory.
-    pub async fn publish_event_on(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &serde_json::Value,
-    ) -> Result<(), PublishError> {
-        let kind = routing_key.rsplit('.').next().unwrap_or(routing_key);
+    /// Publish an event on its exchange with its routing key, confirmed, not mandatory: nobody has
+    /// to listen.
+    pub async fn publish_event(&self, event: &Event) -> Result<(), PublishError> {
         let props = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(2)
-            .with_type(format!("rafty.event.{kind}.v1").into())
+            .with_type(event.message_type().into())
             .with_app_id(self.app_id.as_str().into())
             .with_timestamp(OffsetDateTime::now_utc().unix_timestamp() as u64);
-        let body = serde_json::to_vec(body).expect("events serialize");
-        self.publish(exchange, routing_key, &body, props, false)
-            .await
-    }
-
-    /// Publish an event on the events exchange (`rafty.transcode.<kind>`), confirmed. Events are not
-    /// mandatory: nobody has to listen.
-    pub async fn publish_event(
-        &self,
-        kind: &str,
-        body: &serde_json::Value,
-    ) -> Result<(), PublishError> {
-        self.publish_event_on(EVENTS_EXCHANGE, &event_routing_key(kind), body)
-            .await
+        self.publish(
+            event.exchange(),
+            event.routing_key(),
+            &event.to_json(),
+            props,
+            false,
+        )
+        .await
     }
 
     /// Publish anything and wait for the confirm. With `mandatory`, an unroutable message is an error.

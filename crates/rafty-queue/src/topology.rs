@@ -1,4 +1,4 @@
-//! The broker topology (DESIGN.md, "Topology"), declared idempotently.
+//! The broker topology (docs/protocol.md, "Topology"), declared idempotently.
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rafty_core::names::EVENTS_EXCHANGE;
+use rafty_core::wire::Event;
 use serde_json::Value;
 
 /// The properties of a job message as DESIGN.md specifies them, for publishing like a client would.
@@ -247,24 +248,49 @@ impl Amqp {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_keyed(tap, kind, timeout, |_, v| pred(v)).1
+    }
+
+    /// Wait for an event whose routing key ends with `.{kind}` and whose typed form satisfies `pred`.
+    pub fn wait_typed(
+        &self,
+        tap: &EventTap,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let decode = |k: &str, v: &Value| Event::decode(k, v.to_string().as_bytes()).ok();
+        let (k, v) = self.wait_keyed(tap, kind, timeout, |k, v| {
+            decode(k, v).is_some_and(|e| pred(&e))
+        });
+        decode(&k, &v).expect("decoded while waiting")
+    }
+
+    fn wait_keyed(
+        &self,
+        tap: &EventTap,
+        kind: &str,
+        timeout: Duration,
+        pred: impl Fn(&str, &Value) -> bool,
+    ) -> (String, Value) {
         let suffix = format!(".{kind}");
-        if let Some((_, v)) = tap
+        if let Some(found) = tap
             .seen
             .borrow()
             .iter()
-            .find(|(k, v)| k.ends_with(&suffix) && pred(v))
+            .find(|(k, v)| k.ends_with(&suffix) && pred(k, v))
         {
-            return v.clone();
+            return found.clone();
         }
         let start = Instant::now();
         loop {
             while let Some(m) = self.get(&tap.queue) {
-                let v = m.json();
+                let v = typed(&m);
                 tap.seen
                     .borrow_mut()
                     .push((m.routing_key.clone(), v.clone()));
-                if m.routing_key.ends_with(&suffix) && pred(&v) {
-                    return v;
+                if m.routing_key.ends_with(&suffix) && pred(&m.routing_key, &v) {
+                    return (m.routing_key, v);
                 }
             }
             assert!(
@@ -283,9 +309,20 @@ impl Amqp {
     /// Take every event currently in the tap.
     pub fn drain_events(&self, tap: &EventTap) -> Vec<(String, Value)> {
         while let Some(m) = self.get(&tap.queue) {
-            let v = m.json();
+            let v = typed(&m);
             tap.seen.borrow_mut().push((m.routing_key.clone(), v));
         }
         tap.seen.borrow().clone()
     }
+}
+
+/// A tapped message's body, after checking that an event Rafty publishes parses into its type in
+/// `rafty_core::wire` (so every acceptance test that taps events checks the wire contract too).
+fn typed(m: &Message) -> Value {
+    if Event::ROUTING_KEYS.contains(&m.routing_key.as_str())
+        && let Err(e) = Event::decode(&m.routing_key, &m.body)
+    {
+        panic!("an event on the wire does not parse into its type: {e}");
+    }
+    m.json()
 }

@@ -16,7 +16,8 @@ use rafty_core::names::{
     DEAD_QUEUE, HEADER_ATTEMPT, HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_FAILED_AT, HEADER_HOST,
     HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, RIP_EXCHANGE,
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{EXIT_DATAERR, EXIT_UNAVAILABLE, Failure, close, open};
 
@@ -85,14 +86,19 @@ impl Parked {
             .as_ref()
             .map(|m| m.as_str().to_owned())
             .or_else(|| {
-                serde_json::from_slice::<Value>(&self.delivery.data)
+                /// Just the id of a body that may not be a whole job any more.
+                #[derive(serde::Deserialize)]
+                struct Id {
+                    id: String,
+                }
+                serde_json::from_slice::<Id>(&self.delivery.data)
                     .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_owned))
+                    .map(|v| v.id)
             })
             .unwrap_or_else(|| "-".to_owned())
     }
 
-    fn summary(&self) -> Value {
+    fn summary(&self) -> Summary {
         let p = &self.delivery.properties;
         let reason =
             header(p, HEADER_ERROR).unwrap_or_else(|| match header(p, "x-first-death-reason") {
@@ -101,17 +107,43 @@ impl Parked {
                 ),
                 None => "no reason recorded".to_owned(),
             });
-        json!({
-            "id": self.id(),
-            "failed-at": header(p, HEADER_FAILED_AT),
-            "attempt": header(p, HEADER_ATTEMPT).and_then(|a| a.parse::<i64>().ok()),
-            "host": header(p, HEADER_HOST),
-            "class": header(p, HEADER_ERROR_CLASS),
-            "reason": reason,
-            "routing-key": header(p, HEADER_ORIGINAL_ROUTING_KEY)
+        Summary {
+            id: self.id(),
+            failed_at: header(p, HEADER_FAILED_AT),
+            attempt: header(p, HEADER_ATTEMPT).and_then(|a| a.parse::<i64>().ok()),
+            host: header(p, HEADER_HOST),
+            class: header(p, HEADER_ERROR_CLASS),
+            reason,
+            routing_key: header(p, HEADER_ORIGINAL_ROUTING_KEY)
                 .unwrap_or_else(|| self.delivery.routing_key.as_str().to_owned()),
-        })
+        }
     }
+}
+
+/// One parked job, as `list --json` prints it.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Summary {
+    id: String,
+    failed_at: Option<String>,
+    attempt: Option<i64>,
+    host: Option<String>,
+    class: Option<String>,
+    reason: String,
+    routing_key: String,
+}
+
+/// `show`: the summary and the job's body.
+#[derive(Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    summary: Summary,
+    job: Value,
+}
+
+/// A field of the tab-separated list: `null` when the header is missing.
+fn cell<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "null".to_owned(), T::to_string)
 }
 
 /// Fetch every message of the dead queue, unacknowledged.
@@ -143,21 +175,16 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                 for p in browse(&channel).await? {
                     let s = p.summary();
                     if json {
-                        println!("{s}");
+                        println!("{}", serde_json::to_string(&s).expect("json"));
                     } else {
-                        let field = |k: &str| {
-                            s[k].as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| s[k].to_string())
-                        };
                         println!(
                             "{}\t{}\tattempt {}\t{}\t{}\t{}",
-                            field("id"),
-                            field("failed-at"),
-                            field("attempt"),
-                            field("host"),
-                            field("class"),
-                            field("reason")
+                            s.id,
+                            cell(&s.failed_at),
+                            cell(&s.attempt),
+                            cell(&s.host),
+                            cell(&s.class),
+                            s.reason
                         );
                     }
                 }
@@ -171,9 +198,11 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                 let body: Value = serde_json::from_slice(&p.delivery.data).unwrap_or_else(|_| {
                     Value::String(String::from_utf8_lossy(&p.delivery.data).into_owned())
                 });
-                let mut s = p.summary();
-                s["job"] = body;
-                println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+                let shown = Shown {
+                    summary: p.summary(),
+                    job: body,
+                };
+                println!("{}", serde_json::to_string_pretty(&shown).expect("json"));
                 Ok(())
             }
             DeadLetterCommand::Requeue { ids, all } => {

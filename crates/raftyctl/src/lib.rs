@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use rafty_core::config::Loaded;
 use rafty_core::logging::LogFormat;
 use rafty_core::names::{DEAD_QUEUE, ENV_CONFIG, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
+use rafty_core::wire::ControlRequest;
 use rafty_queue::{Publisher, Topology, connect, declare, ensure, mask_url};
 
 pub use submit::SubmitArgs;
@@ -113,8 +114,8 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
         Command::Setup => setup(&loaded).await,
         Command::Status { json } => status::run(&loaded, json).await,
         Command::Watch => watch::run(&loaded).await,
-        Command::Drain { host } => status::steer(&loaded, "drain", &host).await,
-        Command::Resume { host } => status::steer(&loaded, "resume", &host).await,
+        Command::Drain { host } => status::steer(&loaded, &ControlRequest::Drain { host }).await,
+        Command::Resume { host } => status::steer(&loaded, &ControlRequest::Resume { host }).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
         Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,

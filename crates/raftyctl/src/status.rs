@@ -6,13 +6,30 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use rafty_core::config::Loaded;
 use rafty_core::names::{DEAD_QUEUE, WORK_QUEUE};
+use rafty_core::wire::{ControlRequest, WorkerStatus};
 use rafty_queue::Topology;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{EXIT_UNAVAILABLE, Failure, close, open};
 
 /// How long workers get to answer.
 const WAIT: Duration = Duration::from_millis(1000);
+
+/// `raftyctl status --json`.
+#[derive(Serialize)]
+struct Report {
+    broker: String,
+    queues: Vec<Depth>,
+    workers: Vec<WorkerStatus>,
+}
+
+/// One queue's depth.
+#[derive(Serialize)]
+struct Depth {
+    name: String,
+    messages: u32,
+    consumers: u32,
+}
 
 pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     let (conn, publisher, url) = open(loaded).await?;
@@ -36,37 +53,33 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
             )
             .await
             .map_err(|e| Failure::new(EXIT_UNAVAILABLE, format!("{name}: {e}")))?;
-        queues.push(
-            json!({"name": name, "messages": q.message_count(), "consumers": q.consumer_count()}),
-        );
+        queues.push(Depth {
+            name: name.clone(),
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        });
     }
-    let mut workers = rafty_queue::control::ask(&conn, &json!({"request": "status"}), WAIT)
+    let mut workers = rafty_queue::control::ask(&conn, &ControlRequest::Status, WAIT)
         .await
         .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
-    workers.sort_by_key(|w| {
-        (
-            w["host"].as_str().unwrap_or("").to_owned(),
-            w["pid"].as_u64(),
-        )
-    });
+    workers.sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
     close(&conn).await;
 
     if as_json {
+        let report = Report {
+            broker: url,
+            queues,
+            workers,
+        };
         println!(
             "{}",
-            json!({"broker": url, "queues": queues, "workers": workers})
+            serde_json::to_string(&report).expect("the report serializes")
         );
         return Ok(());
     }
     println!("{:<32} {:>8} {:>9}", "QUEUE", "READY", "CONSUMERS");
     for q in &queues {
-        let n = |k: &str| q[k].as_u64().unwrap_or(0);
-        println!(
-            "{:<32} {:>8} {:>9}",
-            q["name"].as_str().unwrap_or(""),
-            n("messages"),
-            n("consumers")
-        );
+        println!("{:<32} {:>8} {:>9}", q.name, q.messages, q.consumers);
     }
     println!();
     println!("WORKERS ({})", workers.len());
@@ -76,27 +89,18 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn describe(w: &Value) -> String {
-    let head = format!(
-        "{} (pid {}) {}",
-        w["host"].as_str().unwrap_or("?"),
-        w["pid"],
-        w["state"].as_str().unwrap_or("?")
-    );
-    match w.get("job").filter(|j| !j.is_null()) {
+fn describe(w: &WorkerStatus) -> String {
+    let head = format!("{} (pid {}) {}", w.host, w.pid, w.state.as_str());
+    match &w.job {
         Some(job) => {
-            let mut s = format!(
-                "{head}: {} ({})",
-                job["name"].as_str().unwrap_or("?"),
-                job["id"].as_str().unwrap_or("?")
-            );
-            if let Some(t) = job["title"].as_u64() {
+            let mut s = format!("{head}: {} ({})", job.name, job.id);
+            if let Some(t) = job.title {
                 s.push_str(&format!(" title {t}"));
             }
-            if let Some(p) = job["percent"].as_f64() {
+            if let Some(p) = job.percent {
                 s.push_str(&format!(" {p:.1} %"));
             }
-            if let Some(f) = job["fps"].as_f64() {
+            if let Some(f) = job.fps {
                 s.push_str(&format!(" {f:.0} fps"));
             }
             s
@@ -107,12 +111,15 @@ fn describe(w: &Value) -> String {
 
 /// `raftyctl drain HOST` / `resume HOST`: ask the workers on HOST (`*`: all) to stop taking jobs
 /// after their current one, or to start again; prints the state each reports.
-pub(crate) async fn steer(loaded: &Loaded, request: &str, host: &str) -> Result<(), Failure> {
+pub(crate) async fn steer(loaded: &Loaded, request: &ControlRequest) -> Result<(), Failure> {
+    let host = match request {
+        ControlRequest::Drain { host } | ControlRequest::Resume { host } => host.as_str(),
+        ControlRequest::Status => "*",
+    };
     let (conn, _publisher, _) = open(loaded).await?;
-    let answers =
-        rafty_queue::control::ask(&conn, &json!({"request": request, "host": host}), WAIT)
-            .await
-            .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()));
+    let answers = rafty_queue::control::ask(&conn, request, WAIT)
+        .await
+        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()));
     close(&conn).await;
     let answers = answers?;
     if answers.is_empty() {

@@ -13,7 +13,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use rafty_core::config::Loaded;
 use rafty_core::names::{EVENTS_EXCHANGE, RIP_EXCHANGE};
-use serde_json::Value;
+use rafty_core::wire::Event;
 
 use crate::{EXIT_UNAVAILABLE, Failure, close, open};
 
@@ -32,107 +32,80 @@ pub struct Line {
     pub finished: bool,
 }
 
-fn secs(v: &Value) -> String {
-    v.as_u64()
-        .map(|s| format!(" ETA {}m{:02}s", s / 60, s % 60))
+fn secs(eta: Option<u64>) -> String {
+    eta.map(|s| format!(" ETA {}m{:02}s", s / 60, s % 60))
         .unwrap_or_default()
 }
 
 /// Turn an event into a display line; `None` for events that are not about progress.
-pub fn describe(routing_key: &str, v: &Value) -> Option<Line> {
-    let host = v["host"].as_str().unwrap_or("?");
-    let job = |v: &Value| {
-        format!(
-            "{}#{}",
-            v["id"].as_str().unwrap_or("?"),
-            v["title"].as_u64().unwrap_or(0)
-        )
-    };
-    let drive = |v: &Value| format!("{host}:{}", v["device"].as_str().unwrap_or("?"));
-    let kind = routing_key.rsplit('.').next().unwrap_or("");
-    let line = match (routing_key.starts_with("rafty.rip."), kind) {
-        (false, "started") => Line {
-            key: job(v),
-            label: format!("{host} {}", v["output"].as_str().unwrap_or("?")),
+pub fn describe(event: &Event) -> Option<Line> {
+    let host = event.host();
+    let drive = |device: &std::path::Path| format!("{host}:{}", device.display());
+    let line = match event {
+        Event::Started(e) => Line {
+            key: format!("{}#{}", e.id, e.title),
+            label: format!("{host} {}", e.output.display()),
             percent: Some(0.0),
             detail: "started".into(),
             finished: false,
         },
-        (false, "progress") => Line {
-            key: job(v),
-            label: format!(
-                "{host} job {} title {}",
-                short(v["id"].as_str()),
-                v["title"]
-            ),
-            percent: v["percent"].as_f64(),
+        Event::Progress(e) => Line {
+            key: format!("{}#{}", e.id, e.title),
+            label: format!("{host} job {} title {}", short(&e.id.to_string()), e.title),
+            percent: Some(e.percent),
             detail: format!(
                 "{}{}",
-                v["fps"]
-                    .as_f64()
-                    .map(|f| format!("{f:.0} fps"))
-                    .unwrap_or_default(),
-                secs(&v["eta-secs"])
+                e.fps.map(|f| format!("{f:.0} fps")).unwrap_or_default(),
+                secs(e.eta_secs)
             ),
             finished: false,
         },
-        (false, "done") => {
-            let outputs = v["outputs"].as_array().map(Vec::len).unwrap_or(0);
-            Line {
-                key: format!("{}#", v["id"].as_str().unwrap_or("?")),
-                label: format!("{host} {}", v["name"].as_str().unwrap_or("?")),
-                percent: Some(100.0),
-                detail: if v["skipped"] == true {
-                    "done (already there)".into()
-                } else {
-                    format!("done, {outputs} output(s)")
-                },
-                finished: true,
-            }
-        }
-        (false, "failed") => Line {
-            key: format!("{}#", v["id"].as_str().unwrap_or("?")),
-            label: format!("{host} job {}", short(v["id"].as_str())),
-            percent: None,
-            detail: format!(
-                "failed ({}): {}",
-                v["next"].as_str().unwrap_or("?"),
-                v["error"].as_str().unwrap_or("?")
-            ),
-            finished: true,
-        },
-        (true, "progress") => Line {
-            key: drive(v),
-            label: format!("{host} rip {}", v["device"].as_str().unwrap_or("?")),
-            percent: v["percent"].as_f64(),
-            detail: format!(
-                "{:.1} MB/s{}",
-                v["rate"].as_f64().unwrap_or(0.0) / 1e6,
-                secs(&v["eta-secs"])
-            ),
-            finished: false,
-        },
-        (true, "done") => Line {
-            key: drive(v),
-            label: format!("{host} rip {}", v["device"].as_str().unwrap_or("?")),
+        Event::Done(e) => Line {
+            key: format!("{}#", e.id),
+            label: format!("{host} {}", e.name),
             percent: Some(100.0),
-            detail: format!("done: {}", v["image"].as_str().unwrap_or("?")),
+            detail: if e.skipped {
+                "done (already there)".into()
+            } else {
+                format!("done, {} output(s)", e.outputs.len())
+            },
             finished: true,
         },
-        (true, "failed") => Line {
-            key: drive(v),
-            label: format!("{host} rip {}", v["device"].as_str().unwrap_or("?")),
+        Event::Failed(e) => Line {
+            key: format!("{}#", e.id),
+            label: format!("{host} job {}", short(&e.id)),
             percent: None,
-            detail: format!("failed: {}", v["error"].as_str().unwrap_or("?")),
+            detail: format!("failed ({}): {}", e.next, e.error),
             finished: true,
         },
-        _ => return None,
+        Event::RipProgress(e) => Line {
+            key: drive(&e.device),
+            label: format!("{host} rip {}", e.device.display()),
+            percent: Some(e.percent),
+            detail: format!("{:.1} MB/s{}", e.rate / 1e6, secs(e.eta_secs)),
+            finished: false,
+        },
+        Event::RipDone(e) => Line {
+            key: drive(&e.device),
+            label: format!("{host} rip {}", e.device.display()),
+            percent: Some(100.0),
+            detail: format!("done: {}", e.image.display()),
+            finished: true,
+        },
+        Event::RipFailed(e) => Line {
+            key: drive(&e.device),
+            label: format!("{host} rip {}", e.device.display()),
+            percent: None,
+            detail: format!("failed: {}", e.error),
+            finished: true,
+        },
+        Event::Split(_) | Event::DiscDone(_) | Event::Heartbeat(_) => return None,
     };
     Some(line)
 }
 
-fn short(id: Option<&str>) -> &str {
-    id.map(|s| &s[..s.len().min(8)]).unwrap_or("?")
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
@@ -193,10 +166,14 @@ pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
             _ = &mut stop => break,
         };
         let Some(Ok(delivery)) = event else { break };
-        let Ok(body) = serde_json::from_slice::<Value>(&delivery.data) else {
-            continue;
+        let event = match Event::decode(delivery.routing_key.as_str(), &delivery.data) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::debug!(error = %e, "an event this version cannot read; skipped");
+                continue;
+            }
         };
-        let Some(line) = describe(delivery.routing_key.as_str(), &body) else {
+        let Some(line) = describe(&event) else {
             continue;
         };
         if !terminal {
@@ -261,32 +238,65 @@ fn time_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    use rafty_core::wire::{Done, Progress, RipProgress, WorkerState, WorkerStatus};
+    use uuid::Uuid;
+
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn events_become_lines() {
-        let p = describe(
-            "rafty.transcode.progress",
-            &json!({"id": "0123456789", "host": "a", "title": 2, "percent": 42.5, "fps": 210.4, "eta-secs": 75}),
-        )
+        let id = Uuid::parse_str("01234567-89ab-4def-8123-456789abcdef").unwrap();
+        let p = describe(&Event::Progress(Progress {
+            id,
+            host: "a".into(),
+            title: 2,
+            percent: 42.5,
+            fps: Some(210.4),
+            eta_secs: Some(75),
+        }))
         .unwrap();
-        assert_eq!(p.key, "0123456789#2");
+        assert_eq!(p.key, format!("{id}#2"));
+        assert_eq!(p.label, "a job 01234567 title 2");
         assert_eq!(p.percent, Some(42.5));
         assert_eq!(p.detail, "210 fps ETA 1m15s");
-        let d = describe(
-            "rafty.transcode.done",
-            &json!({"id": "0123456789", "host": "a", "name": "X", "outputs": [{}]}),
-        )
+        let d = describe(&Event::Done(Done {
+            id,
+            host: "a".into(),
+            name: "X".into(),
+            disc: None,
+            outputs: Vec::new(),
+            skipped: false,
+            attempt: 0,
+            preset: "P".into(),
+            handbrake: "H".into(),
+            elapsed_secs: 1.0,
+            finished_at: "2026-12-02T00:00:00Z".into(),
+        }))
         .unwrap();
-        assert!(d.finished && d.key == "0123456789#" && d.percent == Some(100.0));
-        let r = describe(
-            "rafty.rip.progress",
-            &json!({"host": "h", "device": "/dev/sr0", "percent": 10.0, "rate": 2.0e7}),
-        )
+        assert!(d.finished && d.key == format!("{id}#") && d.percent == Some(100.0));
+        let r = describe(&Event::RipProgress(RipProgress {
+            device: "/dev/sr0".into(),
+            image: "/iso/X.iso.part".into(),
+            done: 1,
+            total: 10,
+            percent: 10.0,
+            rate: 2.0e7,
+            eta_secs: None,
+            host: "h".into(),
+        }))
         .unwrap();
         assert_eq!(r.key, "h:/dev/sr0");
         assert_eq!(r.detail, "20.0 MB/s");
-        assert!(describe("rafty.transcode.worker.heartbeat", &json!({})).is_none());
+        let beat = Event::Heartbeat(WorkerStatus {
+            host: "h".into(),
+            app: "transcoded".into(),
+            version: "0".into(),
+            handbrake: "H".into(),
+            pid: 1,
+            uptime_secs: 0,
+            state: WorkerState::Idle,
+            job: None,
+        });
+        assert!(describe(&beat).is_none());
     }
 }

@@ -24,12 +24,12 @@ use rafty_core::config::Loaded;
 use rafty_core::job::{Origin, Source};
 use rafty_core::label::read_disc_info;
 use rafty_core::names::{RIP_EXCHANGE, rip_routing_key};
+use rafty_core::wire::{Event, RipDone, RipFailed, RipProgress};
 use rafty_core::{Job, Media};
 use rafty_disc::copy::{self, CopyOptions, Progress};
 use rafty_disc::identity::{self, Plan};
 use rafty_disc::lock::{DriveLock, LockError};
 use rafty_queue::{Outbox, OutboxEntry, Publisher, Topology, connect, ensure};
-use serde_json::json;
 use tracing::{error, info, warn};
 
 /// How a run ended well.
@@ -285,12 +285,16 @@ async fn rip_locked(
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 if let Some(ev) = &events {
-                    ev.send(
-                        "progress",
-                        json!({"device": device, "image": image, "done": p.done, "total": p.total,
-                        "percent": 100.0 * p.done as f64 / p.total.max(1) as f64, "rate": p.rate,
-                        "eta-secs": p.eta.map(|e| e.as_secs())}),
-                    )
+                    ev.send(Event::RipProgress(RipProgress {
+                        device: device.clone(),
+                        image: image.clone(),
+                        done: p.done,
+                        total: p.total,
+                        percent: 100.0 * p.done as f64 / p.total.max(1) as f64,
+                        rate: p.rate,
+                        eta_secs: p.eta.map(|e| e.as_secs()),
+                        host: ev.host.clone(),
+                    }))
                     .await;
                 }
             }
@@ -443,10 +447,13 @@ async fn rip_locked(
             done_with_partial();
             info!(job_id = %entry.job.id, routing_key = %entry.routing_key, "job published");
             if let Some(ev) = &events {
-                ev.send(
-                    "done",
-                    json!({"device": device, "image": image, "job": entry.job.id, "size": size}),
-                )
+                ev.send(Event::RipDone(RipDone {
+                    device: device.to_path_buf(),
+                    image: image.clone(),
+                    job: entry.job.id,
+                    size,
+                    host: ev.host.clone(),
+                }))
                 .await;
             }
             Ok(Ripped::Published {
@@ -536,10 +543,12 @@ async fn announce_failure(loaded: &Loaded, device: &Path, err: Option<&RipError>
         return;
     }
     if let Some(ev) = Events::connect(loaded).await {
-        ev.send(
-            "failed",
-            json!({"device": device, "error": err.to_string(), "exit": err.exit_code()}),
-        )
+        ev.send(Event::RipFailed(RipFailed {
+            device: device.to_path_buf(),
+            error: err.to_string(),
+            exit: err.exit_code(),
+            host: ev.host.clone(),
+        }))
         .await;
     }
 }
@@ -590,14 +599,8 @@ impl Events {
         }
     }
 
-    async fn send(&self, kind: &str, mut body: serde_json::Value) {
-        body["host"] = json!(self.host);
-        let key = format!("{RIP_EXCHANGE}.{kind}");
-        if let Err(e) = self
-            .publisher
-            .publish_event_on(RIP_EXCHANGE, &key, &body)
-            .await
-        {
+    async fn send(&self, event: Event) {
+        if let Err(e) = self.publisher.publish_event(&event).await {
             tracing::debug!(error = %e, "event not published");
         }
     }

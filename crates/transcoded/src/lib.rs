@@ -3,10 +3,13 @@
 //! It consumes `rafty.transcode` as one of any number of competing consumers (prefetch 1), runs
 //! HandBrakeCLI on each job's disc image, verifies the result, puts it in place with a sidecar manifest,
 //! announces `rafty.transcode.done`, and only then acks. Failures go to the retry ladder or the
-//! dead-letter queue as [`rafty_core::classify`] decides (see `rafty_queue::settle`).
+//! dead-letter queue as [`rafty_queue::verdict`] decides.
 //!
-//! [`run`] is the whole worker; `main.rs` only parses flags, sets up logging and maps signals
-//! ([`signals::shutdown_on_signals`]) so tests can run the same worker in-process.
+//! Layout: [`run`] is the whole worker (checks, then the shared consumer loop, `rafty_queue::run`);
+//! [`worker`] is what only a worker adds to that loop (control, heartbeat, metrics by settlement);
+//! [`transcoder`] does one job; [`output`] puts outputs in place; [`naming`] renders their names;
+//! [`metrics`] serves Prometheus; [`inhibit`] holds off sleep during a job. `main.rs` is the program
+//! prelude's glue, so tests can run the same worker in-process.
 
 pub mod inhibit;
 pub mod metrics;
@@ -14,61 +17,19 @@ pub mod naming;
 pub mod output;
 pub mod signals;
 pub mod transcoder;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rafty_core::config::Loaded;
+use rafty_core::names::WORK_QUEUE;
 use rafty_handbrake::HandBrake;
-use rafty_queue::{Shutdown, Stats, Topology, WorkerOptions, mask_url, run_worker};
+use rafty_queue::{ConsumerOptions, Shutdown, Stats, Topology, mask_url};
 use tracing::{info, warn};
 
 pub use transcoder::Transcoder;
-
-/// How this worker answers control requests: `status` (what it is doing), `drain` and `resume` (stop
-/// taking jobs after the current one, and start again) when addressed by its host name or `*`.
-fn control_fn(
-    host: &str,
-    handbrake: &str,
-    activity: transcoder::Activity,
-    shutdown: Shutdown,
-    pause: Arc<tokio::sync::watch::Sender<bool>>,
-) -> rafty_queue::control::ControlFn {
-    let (host, handbrake) = (host.to_owned(), handbrake.to_owned());
-    let started = std::time::Instant::now();
-    Arc::new(move |request: &serde_json::Value| {
-        let for_me = || matches!(request["host"].as_str(), Some(h) if h == host || h == "*");
-        match request["request"].as_str() {
-            Some("status") => {}
-            Some("drain") if for_me() => {
-                pause.send_replace(true);
-            }
-            Some("resume") if for_me() => {
-                pause.send_replace(false);
-            }
-            _ => return None,
-        }
-        let job = activity.lock().ok().and_then(|a| a.clone());
-        let state = match (&job, shutdown.drain.is_cancelled(), *pause.borrow()) {
-            (_, true, _) => "stopping",
-            (Some(_), false, true) => "draining",
-            (None, false, true) => "drained",
-            (Some(_), false, false) => "working",
-            (None, false, false) => "idle",
-        };
-        Some(serde_json::json!({
-            "host": host,
-            "app": "transcoded",
-            "version": env!("CARGO_PKG_VERSION"),
-            "handbrake": handbrake,
-            "pid": std::process::id(),
-            "uptime-secs": started.elapsed().as_secs(),
-            "state": state,
-            "job": job,
-        }))
-    })
-}
 
 /// Options given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -151,14 +112,15 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         "transcoded starting"
     );
     let activity = transcoder::Activity::default();
-    let pause = Arc::new(tokio::sync::watch::channel(false).0);
-    let control = control_fn(
-        &host,
-        &version,
-        activity.clone(),
-        shutdown.clone(),
-        pause.clone(),
-    );
+    let hold = Arc::new(tokio::sync::watch::channel(false).0);
+    let status = worker::StatusSource {
+        host: host.clone(),
+        handbrake: version.clone(),
+        activity: activity.clone(),
+        shutdown: shutdown.clone(),
+        hold: hold.clone(),
+        started: std::time::Instant::now(),
+    };
     let metrics = metrics::Metrics::new();
     if let Some(addr) = t.metrics_address {
         let bound = metrics::serve(addr, metrics.clone()).await.map_err(|e| {
@@ -171,19 +133,27 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
     }
     let transcoder =
         Transcoder::new(&loaded, handbrake, version, activity, metrics).with_presets(presets);
-    let options = WorkerOptions {
+    let topology = Topology::from_config(t);
+    let worker = worker::Worker::new(
+        transcoder,
+        status,
+        t.heartbeat_interval,
+        topology.clone(),
+        config.broker.confirm_timeout,
+    );
+    let options = ConsumerOptions {
         url,
         app_id: "transcoded".to_owned(),
         host,
-        topology: Topology::from_config(t),
+        queue: WORK_QUEUE.to_owned(),
+        noun: "job",
+        topology,
         confirm_timeout: config.broker.confirm_timeout,
-        max_jobs: options.max_jobs,
+        max_deliveries: options.max_jobs,
         reconnect_max: Duration::from_secs(30),
-        control: Some(control),
-        heartbeat: t.heartbeat_interval,
-        pause,
+        hold,
     };
-    let stats = run_worker(&options, &transcoder, &shutdown)
+    let stats = rafty_queue::run(&options, &worker, &shutdown)
         .await
         .context("the worker loop failed")?;
     info!(?stats, "transcoded stopped");

@@ -1,4 +1,5 @@
-//! One job, start to finish: the [`Processor`] that runs HandBrake.
+//! One job, start to finish: scan, encode with HandBrake, verify, put in place (the worker's
+//! [`rafty_queue::Processor`] is [`crate::worker::Worker`], which hands each job to [`Transcoder::process`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,10 +8,10 @@ use rafty_core::config::{Container, Loaded};
 use rafty_core::job::Part;
 use rafty_core::names::WORK_QUEUE;
 use rafty_core::paths::resolve_source;
+use rafty_core::wire::{self, Event};
 use rafty_core::{Failure, Job, TitleSelection};
 use rafty_handbrake::{EncodeRequest, HandBrake, Scan, Title};
-use rafty_queue::{Incoming, Outcome, Processor, Publisher};
-use serde_json::json;
+use rafty_queue::{Incoming, Outcome, Publisher};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,6 @@ pub struct Transcoder {
     source_roots: Vec<PathBuf>,
     stall_timeout: Duration,
     tolerance: Duration,
-    topology: rafty_queue::Topology,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     host: String,
     activity: Activity,
@@ -46,9 +46,9 @@ pub struct Transcoder {
 }
 
 /// What this worker is doing now, for `raftyctl status` (`None` when idle).
-pub type Activity = std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>;
+pub type Activity = std::sync::Arc<std::sync::Mutex<Option<wire::Activity>>>;
 
-fn set_activity(activity: &Activity, update: impl FnOnce(&mut Option<serde_json::Value>)) {
+fn set_activity(activity: &Activity, update: impl FnOnce(&mut Option<wire::Activity>)) {
     if let Ok(mut a) = activity.lock() {
         update(&mut a);
     }
@@ -82,7 +82,6 @@ impl Transcoder {
             source_roots: loaded.source_roots(),
             stall_timeout: t.stall_timeout,
             tolerance: t.duration_tolerance,
-            topology: rafty_queue::Topology::from_config(t),
             metrics,
             host: loaded.host(),
             activity,
@@ -100,15 +99,22 @@ impl Transcoder {
 
     async fn run(&self, incoming: &Incoming, events: &Publisher) -> Result<Outcome, Failure> {
         let job = incoming
-            .job
+            .job()
             .as_ref()
             .map_err(|e| Failure::BadMessage(e.to_string()))?;
         let started = Instant::now();
         set_activity(&self.activity, |a| {
-            *a = Some(
-                json!({"id": job.id, "name": job.output.name, "source": job.source.path,
-                "attempt": incoming.attempt, "started-at": now()}),
-            );
+            *a = Some(wire::Activity {
+                id: job.id,
+                name: job.output.name.clone(),
+                source: job.source.path.clone(),
+                attempt: incoming.attempt,
+                started_at: now(),
+                title: None,
+                percent: None,
+                fps: None,
+                eta_secs: None,
+            });
         });
         let preset = job
             .encode
@@ -177,10 +183,13 @@ impl Transcoder {
                 Existing::Absent => {}
             }
             let _ = events
-                .publish_event(
-                    "started",
-                    &json!({"id": job.id, "host": self.host, "title": title.index, "output": path, "preset": preset}),
-                )
+                .publish_event(&Event::Started(wire::Started {
+                    id: job.id,
+                    host: self.host.clone(),
+                    title: title.index,
+                    output: path.clone(),
+                    preset: preset.clone(),
+                }))
                 .await;
             let done = self
                 .encode(
@@ -199,19 +208,19 @@ impl Transcoder {
         if let Some(part) = &job.part {
             self.announce_disc_if_complete(job, part, events).await?;
         }
-        Ok(Outcome::Done(json!({
-            "id": job.id,
-            "host": self.host,
-            "name": job.output.name,
-            "disc": job.part.as_ref().map(|p| p.disc),
-            "outputs": outputs,
-            "skipped": skipped == titles.len(),
-            "attempt": incoming.attempt,
-            "preset": preset,
-            "handbrake": self.handbrake_version,
-            "elapsed-secs": started.elapsed().as_secs_f64(),
-            "finished-at": now(),
-        })))
+        Ok(Outcome::Done(wire::Done {
+            id: job.id,
+            host: self.host.clone(),
+            name: job.output.name.clone(),
+            disc: job.part.as_ref().map(|p| p.disc),
+            outputs,
+            skipped: skipped == titles.len(),
+            attempt: incoming.attempt,
+            preset,
+            handbrake: self.handbrake_version.clone(),
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            finished_at: now(),
+        }))
     }
 
     /// Publish one title job per title (each confirmed) so that several workers encode the titles of
@@ -248,15 +257,15 @@ impl Transcoder {
             ids.push(part.id);
         }
         info!(titles = ?titles.iter().map(|t| t.index).collect::<Vec<_>>(), "split into title jobs");
-        Ok(Outcome::Split(json!({
-            "id": job.id,
-            "host": self.host,
-            "name": job.output.name,
-            "attempt": incoming.attempt,
-            "titles": titles.iter().map(|t| t.index).collect::<Vec<_>>(),
-            "jobs": ids,
-            "outputs": outputs,
-        })))
+        Ok(Outcome::Split(wire::Split {
+            id: job.id,
+            host: self.host.clone(),
+            name: job.output.name.clone(),
+            attempt: incoming.attempt,
+            titles: titles.iter().map(|t| t.index).collect(),
+            jobs: ids,
+            outputs,
+        }))
     }
 
     /// After a title job: when every output of its disc is in place, announce the disc. The last two
@@ -280,10 +289,12 @@ impl Transcoder {
         }
         info!(disc = %part.disc, outputs = paths.len(), "every title of the disc is done");
         events
-            .publish_event(
-                "disc.done",
-                &json!({"disc": part.disc, "host": self.host, "name": job.output.name, "outputs": paths}),
-            )
+            .publish_event(&Event::DiscDone(wire::DiscDone {
+                disc: part.disc,
+                host: self.host.clone(),
+                name: job.output.name.clone(),
+                outputs: paths,
+            }))
             .await
             .map_err(|e| Failure::Broker(e.to_string()))
     }
@@ -349,8 +360,8 @@ impl Transcoder {
         let (tx, mut rx) = tokio::sync::watch::channel(None);
         set_activity(&self.activity, |a| {
             if let Some(a) = a {
-                a["title"] = json!(title.index);
-                a["percent"] = json!(0.0);
+                a.title = Some(title.index);
+                a.percent = Some(0.0);
             }
         });
         let encode = self
@@ -360,9 +371,9 @@ impl Transcoder {
                 self.metrics.fps.set(p.fps.unwrap_or(0.0));
                 set_activity(&self.activity, |a| {
                     if let Some(a) = a {
-                        a["percent"] = json!(p.fraction() * 100.0);
-                        a["fps"] = json!(p.fps);
-                        a["eta-secs"] = json!(p.eta.map(|e| e.as_secs()));
+                        a.percent = Some(p.fraction() * 100.0);
+                        a.fps = p.fps;
+                        a.eta_secs = p.eta.map(|e| e.as_secs());
                     }
                 });
                 tx.send_replace(Some(p.clone()));
@@ -382,11 +393,14 @@ impl Transcoder {
                         "progress"
                     );
                     let _ = events
-                        .publish_event(
-                            "progress",
-                            &json!({"id": job.id, "host": self.host, "title": title.index,
-                                    "percent": pct, "fps": p.fps, "eta-secs": p.eta.map(|e| e.as_secs())}),
-                        )
+                        .publish_event(&Event::Progress(wire::Progress {
+                            id: job.id,
+                            host: self.host.clone(),
+                            title: title.index,
+                            percent: pct,
+                            fps: p.fps,
+                            eta_secs: p.eta.map(|e| e.as_secs()),
+                        }))
                         .await;
                 }
             }
@@ -469,10 +483,16 @@ impl Transcoder {
     }
 }
 
-impl Processor for Transcoder {
-    async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome {
+impl Transcoder {
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Do one job: the outcome the consumer loop settles.
+    pub async fn process(&self, incoming: &Incoming, events: &Publisher) -> Outcome {
         self.metrics.busy.set(1);
-        let what = match &incoming.job {
+        let what = match incoming.job() {
             Ok(job) => format!("encoding {}", job.output.name),
             Err(_) => "checking a job".to_owned(),
         };
@@ -481,29 +501,10 @@ impl Processor for Transcoder {
         drop(inhibitor);
         set_activity(&self.activity, |a| *a = None);
         self.metrics.busy.set(0);
-        match result {
-            Ok(outcome) => {
-                self.metrics.job(match &outcome {
-                    Outcome::Done(event) if event["skipped"] == true => "skipped",
-                    Outcome::Split(_) => "split",
-                    _ => "done",
-                });
-                outcome
-            }
-            Err(failure) => {
-                warn!(error = %failure, kind = failure.kind(), "job failed");
-                self.metrics.job(match rafty_core::classify(&failure) {
-                    rafty_core::Class::Requeue => "requeued",
-                    rafty_core::Class::Retryable
-                        if self.topology.retry_queue_for(incoming.attempt).is_some() =>
-                    {
-                        "retried"
-                    }
-                    _ => "dead",
-                });
-                Outcome::Failed(failure)
-            }
-        }
+        result.unwrap_or_else(|failure| {
+            warn!(error = %failure, kind = failure.kind(), "job failed");
+            Outcome::Failed(failure)
+        })
     }
 }
 
@@ -511,14 +512,14 @@ fn now() -> String {
     OffsetDateTime::now_utc().format(&Rfc3339).expect("formats")
 }
 
-fn output_event(path: &Path, sidecar: &Sidecar, skipped: bool) -> serde_json::Value {
-    json!({
-        "path": path,
-        "title": sidecar.title,
-        "duration-secs": sidecar.output_duration_secs,
-        "size": sidecar.output_size,
-        "skipped": skipped,
-    })
+fn output_event(path: &Path, sidecar: &Sidecar, skipped: bool) -> wire::OutputDone {
+    wire::OutputDone {
+        path: path.to_owned(),
+        title: sidecar.title,
+        duration_secs: sidecar.output_duration_secs,
+        size: sidecar.output_size,
+        skipped,
+    }
 }
 
 /// What the naming templates see of a job and one of its titles (a pure function of both, so a
