@@ -1,5 +1,5 @@
 //! What can go wrong with a job, and the one function that decides what happens next
-//! (DESIGN.md, "Failure classes").
+//! (docs/design.md, "Failure classes").
 
 use std::fmt;
 

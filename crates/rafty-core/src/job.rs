@@ -1,4 +1,4 @@
-//! The job message, version 1 (DESIGN.md, "The job message"; docs/protocol.md).
+//! The job message, version 1 (docs/protocol.md, "The job message").
 //!
 //! A job is JSON. Unknown fields are ignored so that newer producers can talk to older workers; a
 //! missing required field, a field of the wrong type, another message `type` or an unsafe output name is

@@ -1,4 +1,4 @@
-//! Names that users, scripts and third-party clients rely on (DESIGN.md, "Topology" and "The job
+//! Names that users, scripts and third-party clients rely on (docs/protocol.md, "Topology" and "The job
 //! message"): exchanges, queues, routing keys, message type, headers and environment variables.
 
 /// Topic exchange that producers (rip, `raftyctl submit`, third-party clients) publish ISO jobs to.

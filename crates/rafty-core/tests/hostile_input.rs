@@ -449,7 +449,7 @@ fn an_oversized_body_is_refused_whatever_it_holds() {
 }
 
 /// The reason of a refusal names what is wrong (it becomes the dead letter's `x-rafty-error`); the same
-/// cases run against a real broker and worker in tests/hostile.rs.
+/// cases run against a real broker and worker in tests/acceptance/hostile.rs.
 #[test]
 fn refusals_name_the_problem() {
     let with = |edit: &dyn Fn(&mut Value)| {

@@ -18,11 +18,11 @@
 //! event again, still remembering which targets had it.
 //!
 //! Configuration: [`config`] (and its note on the temporary way `[notify]` is read). [`run`] is the
-//! whole notifier; `main.rs` parses flags, sets up logging and maps signals ([`signals`]).
+//! whole notifier; `main.rs` is glue over the program prelude (`rafty_program`: flags, logging,
+//! signals).
 
 pub mod config;
 pub mod event;
-pub mod signals;
 pub mod target;
 
 use std::collections::{BTreeSet, VecDeque};

@@ -1,15 +1,11 @@
 //! `rafty-notify`: Rafty's notifier. See the library for what it does.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rafty_core::logging::{self, LogFormat};
-use rafty_core::names::ENV_CONFIG;
-use rafty_notify::{config, run, signals};
-
-/// Exit status for an unusable configuration (EX_CONFIG): systemd's RestartPreventExitStatus=78.
-const EXIT_CONFIG: u8 = 78;
+use rafty_core::exit;
+use rafty_notify::{config, run};
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
 
 /// Rafty's notifier: sends done and failed events to webhooks, ntfy topics and commands.
 ///
@@ -20,41 +16,35 @@ const EXIT_CONFIG: u8 = 78;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Configuration file, with a [notify] section [default: /etc/rafty/rafty.toml]
-    #[arg(long, short, env = ENV_CONFIG, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log format on stderr: human or json
-    #[arg(long, default_value = "human", value_name = "FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    common: CommonArgs,
 }
+
+/// One thread is plenty: HTTP requests run on the blocking pool, commands in their own processes.
+const PROGRAM: Program = Program {
+    name: "rafty-notify",
+    kind: Kind::Daemon,
+    threads: Threads::One,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, "info");
-    let settings = match config::load(cli.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    // One thread is plenty: HTTP requests run on the blocking pool, commands in their own processes.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, runtime) = match PROGRAM.start_with(&cli.common, config::load) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let shutdown = match signals::shutdown_on_signals() {
+        let shutdown = match shutdown_on_signals(Intent {
+            drain: "stop requested: finishing the notification in hand (signal again to stop now)",
+            abort: "second stop request: stopping now",
+            drain_timeout: None,
+        }) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
+                return PROGRAM.fail(
+                    exit::FAILURE,
+                    format!("cannot install signal handlers: {e}"),
+                );
             }
         };
         run(settings, shutdown).await;

@@ -14,7 +14,7 @@ use rafty_core::names::EVENTS_EXCHANGE;
 use rafty_core::wire::Event;
 use serde_json::Value;
 
-/// The properties of a job message as DESIGN.md specifies them, for publishing like a client would.
+/// The properties of a job message as docs/protocol.md specifies them, for publishing like a client would.
 pub fn job_properties(id: &str, kind: &str) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("x-rafty-attempt".into(), AMQPValue::LongLongInt(0));

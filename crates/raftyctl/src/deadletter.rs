@@ -19,7 +19,8 @@ use rafty_core::names::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{EXIT_DATAERR, EXIT_UNAVAILABLE, Failure, close, open};
+use crate::{Failure, close, open};
+use rafty_core::exit;
 
 /// `raftyctl dead-letter` commands.
 #[derive(Debug, Subcommand)]
@@ -153,7 +154,7 @@ async fn browse(channel: &Channel) -> Result<Vec<Parked>, Failure> {
         let got = channel
             .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
             .await
-            .map_err(|e| Failure::new(EXIT_UNAVAILABLE, format!("reading {DEAD_QUEUE}: {e}")))?;
+            .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("reading {DEAD_QUEUE}: {e}")))?;
         match got {
             Some(m) => out.push(Parked {
                 delivery: m.delivery,
@@ -168,7 +169,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
     let channel = conn
         .create_channel()
         .await
-        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     let result = async {
         match cmd {
             DeadLetterCommand::List { json } => {
@@ -193,7 +194,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
             DeadLetterCommand::Show { id } => {
                 let parked = browse(&channel).await?;
                 let p = parked.iter().find(|p| p.id() == id).ok_or_else(|| {
-                    Failure::new(EXIT_DATAERR, format!("no parked job {id} in {DEAD_QUEUE}"))
+                    Failure::new(exit::DATAERR, format!("no parked job {id} in {DEAD_QUEUE}"))
                 })?;
                 let body: Value = serde_json::from_slice(&p.delivery.data).unwrap_or_else(|_| {
                     Value::String(String::from_utf8_lossy(&p.delivery.data).into_owned())
@@ -213,7 +214,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                     .collect();
                 if !missing.is_empty() {
                     return Err(Failure::new(
-                        EXIT_DATAERR,
+                        exit::DATAERR,
                         format!(
                             "not in {DEAD_QUEUE}: {}; nothing was requeued",
                             missing
@@ -253,7 +254,10 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                         )
                         .await
                         .map_err(|e| {
-                            Failure::new(EXIT_UNAVAILABLE, format!("{}: not requeued: {e}", p.id()))
+                            Failure::new(
+                                exit::UNAVAILABLE,
+                                format!("{}: not requeued: {e}", p.id()),
+                            )
                         })?;
                     p.delivery
                         .acker
@@ -261,7 +265,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                         .await
                         .map_err(|e| {
                             Failure::new(
-                                EXIT_UNAVAILABLE,
+                                exit::UNAVAILABLE,
                                 format!("{}: requeued but still parked: {e}", p.id()),
                             )
                         })?;
@@ -280,7 +284,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+                    .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
                 let n = queue.message_count();
                 if n == 0 {
                     eprintln!("raftyctl: {DEAD_QUEUE} is empty");
@@ -298,7 +302,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                 let purged = channel
                     .queue_purge(DEAD_QUEUE.into(), QueuePurgeOptions::default())
                     .await
-                    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+                    .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
                 eprintln!("raftyctl: purged {purged} parked jobs");
                 Ok(())
             }

@@ -8,13 +8,12 @@ pub mod status;
 pub mod submit;
 pub mod watch;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rafty_core::config::Loaded;
-use rafty_core::logging::LogFormat;
-use rafty_core::names::{DEAD_QUEUE, ENV_CONFIG, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
+use rafty_core::exit;
+use rafty_core::names::{DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
 use rafty_core::wire::ControlRequest;
 use rafty_queue::{Publisher, Topology, connect, declare, ensure, mask_url};
 
@@ -27,12 +26,9 @@ pub use submit::SubmitArgs;
 #[derive(Debug, Parser)]
 #[command(name = "raftyctl", version, about, long_about)]
 pub struct Cli {
-    /// Configuration file [default: /etc/rafty/rafty.toml if present, else built-in defaults]
-    #[arg(long, short, global = true, env = ENV_CONFIG, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Log format on stderr: human or json
-    #[arg(long, global = true, default_value = "human", value_name = "FORMAT")]
-    pub log_format: LogFormat,
+    /// The flags every program takes.
+    #[command(flatten)]
+    pub common: rafty_program::CommonArgs,
     /// What to do
     #[command(subcommand)]
     pub command: Command,
@@ -99,15 +95,6 @@ impl Failure {
     }
 }
 
-/// Exit code: bad input, nothing submitted.
-pub const EXIT_DATAERR: u8 = 65;
-/// Exit code: the broker cannot be reached.
-pub const EXIT_UNAVAILABLE: u8 = 69;
-/// Exit code: the broker refused or returned a message.
-pub const EXIT_PROTOCOL: u8 = 76;
-/// Exit code: the configuration is unusable.
-pub const EXIT_CONFIG: u8 = 78;
-
 /// Run a parsed command line.
 pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
     match cli.command {
@@ -155,7 +142,7 @@ async fn outbox(loaded: &Loaded, cmd: OutboxCommand) -> Result<(), Failure> {
                     );
                     Ok(())
                 }
-                Err(e) => Err(Failure::new(EXIT_UNAVAILABLE, e.to_string())),
+                Err(e) => Err(Failure::new(exit::UNAVAILABLE, e.to_string())),
             }
         }
     }
@@ -170,22 +157,22 @@ pub(crate) async fn open(
     let timeout = loaded.config.broker.confirm_timeout;
     let publisher = Publisher::open(&conn, "raftyctl", timeout)
         .await
-        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     ensure(&conn, &Topology::from_config(&loaded.config.transcode))
         .await
-        .map_err(|e| Failure::new(EXIT_PROTOCOL, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::PROTOCOL, e.to_string()))?;
     Ok((conn, publisher, url))
 }
 
 async fn connect_to(loaded: &Loaded) -> Result<(lapin::Connection, String), Failure> {
     let url = loaded
         .amqp_url()
-        .map_err(|e| Failure::new(EXIT_CONFIG, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
     let conn = connect(&url, &format!("raftyctl@{}", loaded.host()))
         .await
         .map_err(|e| {
             Failure::new(
-                EXIT_UNAVAILABLE,
+                exit::UNAVAILABLE,
                 format!(
                     "{e}\nIs RabbitMQ running there? Set [broker] url in {} or RAFTY_AMQP_URL.",
                     loaded.source_name()
@@ -211,7 +198,7 @@ async fn setup(loaded: &Loaded) -> Result<(), Failure> {
         Ok::<_, lapin::Error>(declare(&channel, &topology).await)
     }
     .await
-    .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+    .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     close(&conn).await;
     declared.map_err(|e| {
         let mut message = e.to_string();
@@ -221,7 +208,7 @@ async fn setup(loaded: &Loaded) -> Result<(), Failure> {
                  (scripts/broker-users makes rafty-admin)",
             );
         }
-        Failure::new(EXIT_PROTOCOL, message)
+        Failure::new(exit::PROTOCOL, message)
     })?;
     let rungs: Vec<String> = (0..topology.retry_delays.len() as u32)
         .filter_map(|i| topology.retry_queue_for(i))

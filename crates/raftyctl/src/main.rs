@@ -3,35 +3,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rafty_core::Config;
-use rafty_core::logging;
-use raftyctl::{Cli, EXIT_CONFIG, run};
+use rafty_program::{Kind, Program, Threads};
+use raftyctl::{Cli, run};
+
+const PROGRAM: Program = Program {
+    name: "raftyctl",
+    kind: Kind::Tool,
+    threads: Threads::One,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, "warn");
-    let loaded = match Config::load(cli.config.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("raftyctl: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raftyctl: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (loaded, runtime) = match PROGRAM.start(&cli.common) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     match runtime.block_on(run(cli, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftyctl: {e}");
-            ExitCode::from(e.code)
-        }
+        Err(e) => PROGRAM.fail(e.code, &e.message),
     }
 }

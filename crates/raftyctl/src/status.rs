@@ -10,7 +10,8 @@ use rafty_core::wire::{ControlRequest, WorkerStatus};
 use rafty_queue::Topology;
 use serde::Serialize;
 
-use crate::{EXIT_UNAVAILABLE, Failure, close, open};
+use crate::{Failure, close, open};
+use rafty_core::exit;
 
 /// How long workers get to answer.
 const WAIT: Duration = Duration::from_millis(1000);
@@ -52,7 +53,7 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| Failure::new(EXIT_UNAVAILABLE, format!("{name}: {e}")))?;
+            .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("{name}: {e}")))?;
         queues.push(Depth {
             name: name.clone(),
             messages: q.message_count(),
@@ -61,7 +62,7 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     }
     let mut workers = rafty_queue::control::ask(&conn, &ControlRequest::Status, WAIT)
         .await
-        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     workers.sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
     close(&conn).await;
 
@@ -119,7 +120,7 @@ pub(crate) async fn steer(loaded: &Loaded, request: &ControlRequest) -> Result<(
     let (conn, _publisher, _) = open(loaded).await?;
     let answers = rafty_queue::control::ask(&conn, request, WAIT)
         .await
-        .map_err(|e| Failure::new(EXIT_UNAVAILABLE, e.to_string()));
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()));
     close(&conn).await;
     let answers = answers?;
     if answers.is_empty() {

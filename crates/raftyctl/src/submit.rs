@@ -13,7 +13,8 @@ use rafty_core::{Job, Media, TitleSelection};
 use rafty_queue::PublishError;
 use sha2::{Digest, Sha256};
 
-use crate::{EXIT_DATAERR, EXIT_PROTOCOL, EXIT_UNAVAILABLE, Failure, close, open};
+use crate::{Failure, close, open};
+use rafty_core::exit;
 
 /// `raftyctl submit` options.
 #[derive(Debug, Args)]
@@ -76,7 +77,7 @@ struct Checked {
 pub(crate) async fn submit(loaded: &Loaded, args: SubmitArgs) -> Result<(), Failure> {
     if args.name.is_some() && args.isos.len() > 1 {
         return Err(Failure::new(
-            EXIT_DATAERR,
+            exit::DATAERR,
             "--name applies to one image; submit the images one by one",
         ));
     }
@@ -90,7 +91,7 @@ pub(crate) async fn submit(loaded: &Loaded, args: SubmitArgs) -> Result<(), Fail
     }
     if !problems.is_empty() {
         return Err(Failure::new(
-            EXIT_DATAERR,
+            exit::DATAERR,
             format!("{}\nnothing was submitted", problems.join("\n")),
         ));
     }
@@ -111,8 +112,8 @@ pub(crate) async fn submit(loaded: &Loaded, args: SubmitArgs) -> Result<(), Fail
             }
             Err(e) => {
                 let code = match e {
-                    PublishError::Amqp { .. } | PublishError::Timeout { .. } => EXIT_UNAVAILABLE,
-                    _ => EXIT_PROTOCOL,
+                    PublishError::Amqp { .. } | PublishError::Timeout { .. } => exit::UNAVAILABLE,
+                    _ => exit::PROTOCOL,
                 };
                 let hint = match (&e, c.job.source.media) {
                     (PublishError::Returned { .. }, Media::Data) => {

@@ -15,7 +15,8 @@ use rafty_core::config::Loaded;
 use rafty_core::names::{EVENTS_EXCHANGE, RIP_EXCHANGE};
 use rafty_core::wire::Event;
 
-use crate::{EXIT_UNAVAILABLE, Failure, close, open};
+use crate::{Failure, close, open};
+use rafty_core::exit;
 
 /// What one event means for the display.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +112,7 @@ fn short(id: &str) -> &str {
 pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
     let (conn, publisher, url) = open(loaded).await?;
     let ch = publisher.channel();
-    let amqp = |e: lapin::Error| Failure::new(EXIT_UNAVAILABLE, e.to_string());
+    let amqp = |e: lapin::Error| Failure::new(exit::UNAVAILABLE, e.to_string());
     let q = ch
         .queue_declare(
             "".into(),

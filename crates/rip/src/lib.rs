@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rafty_core::config::Loaded;
+use rafty_core::exit;
 use rafty_core::job::{Origin, Source};
 use rafty_core::label::read_disc_info;
 use rafty_core::names::{RIP_EXCHANGE, rip_routing_key};
@@ -98,13 +99,13 @@ impl RipError {
     /// The process exit status for this error (sysexits.h).
     pub fn exit_code(&self) -> u8 {
         match self {
-            RipError::Busy(LockError::Busy { .. }) | RipError::Interrupted(_) => 75,
-            RipError::Busy(_) => 1,
-            RipError::NoDisc(_) => 66,
-            RipError::Unsupported(_) => 65,
-            RipError::NoSpace(_) => 73,
-            RipError::Unreadable { .. } => 74,
-            RipError::Other(_) => 1,
+            RipError::Busy(LockError::Busy { .. }) | RipError::Interrupted(_) => exit::TEMPFAIL,
+            RipError::Busy(_) => exit::FAILURE,
+            RipError::NoDisc(_) => exit::NOINPUT,
+            RipError::Unsupported(_) => exit::DATAERR,
+            RipError::NoSpace(_) => exit::CANTCREAT,
+            RipError::Unreadable { .. } => exit::IOERR,
+            RipError::Other(_) => exit::FAILURE,
         }
     }
 

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
-use rafty_core::Config;
-use rafty_core::logging::{self, LogFormat};
-use rafty_core::names::ENV_CONFIG;
+use rafty_core::exit;
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
 use rip::{Ripped, report_error, rip_disc, watch};
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Rafty's ripper: copies a disc to an ISO (ddrescue-grade, resumable), ejects it, publishes a job.
 ///
@@ -26,12 +24,8 @@ struct Cli {
     /// Drive (or image file) to copy [default: [rip] device, /dev/sr0]
     #[arg(long, short, value_name = "DEVICE")]
     device: Option<PathBuf>,
-    /// Configuration file [default: /etc/rafty/rafty.toml if present, else built-in defaults]
-    #[arg(long, short, global = true, env = ENV_CONFIG, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log format on stderr: human or json
-    #[arg(long, global = true, default_value = "human", value_name = "FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,52 +40,49 @@ enum Command {
     },
 }
 
+/// Two threads: the copy runs on one while progress is announced on the other.
+const PROGRAM: Program = Program {
+    name: "rip",
+    kind: Kind::Daemon,
+    threads: Threads::Workers(1),
+};
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, "info");
-    let loaded = match Config::load(cli.config.as_deref()) {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(78);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (loaded, runtime) = match PROGRAM.start(&cli.common) {
+        Ok((loaded, runtime)) => (Arc::new(loaded), runtime),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return ExitCode::FAILURE;
+        let shutdown = match shutdown_on_signals(Intent {
+            drain: "stop requested: saving the map; run rip again to resume",
+            abort: "second stop request: stopping now",
+            drain_timeout: None,
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                return PROGRAM.fail(
+                    exit::FAILURE,
+                    format!("cannot install signal handlers: {e}"),
+                );
+            }
         };
+        // The copy checks a flag between reads (it runs on a blocking thread).
+        let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let drain = shutdown.drain.clone();
         tokio::spawn(async move {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::warn!("stop requested: saving the map; run rip again to resume");
+            drain.cancelled().await;
             flag.store(true, Ordering::SeqCst);
-            let _ = stopped_tx.send(true);
         });
         match cli.command {
             Some(Command::Watch { drives }) => {
-                match watch::watch(loaded, drives, stop, stopped_rx).await {
+                match watch::watch(loaded, drives, stop, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!("cannot watch udev: {e} (is systemd-udevd running?)");
-                        ExitCode::from(69)
-                    }
+                    Err(e) => PROGRAM.fail(
+                        exit::UNAVAILABLE,
+                        format!("cannot watch udev: {e} (is systemd-udevd running?)"),
+                    ),
                 }
             }
             None => {

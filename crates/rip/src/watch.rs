@@ -39,24 +39,24 @@ pub fn trigger(
     }
 }
 
-/// Watch udev until `stop` fires; each disc is ripped in its own task.
+/// Watch udev until `shutdown` drains; each disc is ripped in its own task, which `stop` (set with
+/// the drain) tells to save its map and end.
 pub async fn watch(
     loaded: Arc<Loaded>,
     pattern: String,
     stop: Arc<AtomicBool>,
-    stopped: tokio::sync::watch::Receiver<bool>,
+    shutdown: rafty_queue::Shutdown,
 ) -> std::io::Result<()> {
     let socket = tokio_udev::MonitorBuilder::new()?
         .match_subsystem("block")?
         .listen()?;
     let mut events = tokio_udev::AsyncMonitorSocket::new(socket)?;
     info!(pattern = %pattern, "watching for discs (udev block change events)");
-    let mut stopped = stopped;
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let event = tokio::select! {
             e = events.next() => e,
-            _ = stopped.changed() => break,
+            _ = shutdown.drain.cancelled() => break,
         };
         let Some(event) = event else { break };
         let event = match event {

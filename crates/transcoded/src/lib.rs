@@ -15,7 +15,6 @@ pub mod inhibit;
 pub mod metrics;
 pub mod naming;
 pub mod output;
-pub mod signals;
 pub mod transcoder;
 pub mod worker;
 

@@ -1,13 +1,11 @@
 //! `transcoded`: the Rafty transcode worker. See the library for what it does.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rafty_core::Config;
-use rafty_core::logging::{self, LogFormat};
-use rafty_core::names::ENV_CONFIG;
-use transcoded::{RunOptions, StartError, run, signals};
+use rafty_core::exit;
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
+use transcoded::{RunOptions, StartError, run};
 
 /// Rafty's transcode worker: takes jobs from RabbitMQ and runs HandBrakeCLI on them.
 ///
@@ -18,45 +16,39 @@ use transcoded::{RunOptions, StartError, run, signals};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Configuration file [default: /etc/rafty/rafty.toml if present, else built-in defaults]
-    #[arg(long, short, env = ENV_CONFIG, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// Exit 0 after this many deliveries are settled (done, retried, dead-lettered or handed back)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_jobs: Option<u64>,
-    /// Log format on stderr: human or json
-    #[arg(long, default_value = "human", value_name = "FORMAT")]
-    log_format: LogFormat,
 }
+
+/// One thread is plenty: HandBrake does the work in its own process, and it keeps idle memory low.
+const PROGRAM: Program = Program {
+    name: "transcoded",
+    kind: Kind::Daemon,
+    threads: Threads::One,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, "info");
-    let loaded = match Config::load(cli.config.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(78);
-        }
-    };
-    // One thread is plenty: HandBrake does the work in its own process, and it keeps idle memory low.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (loaded, runtime) = match PROGRAM.start(&cli.common) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let drain_timeout = loaded.config.transcode.drain_timeout;
     runtime.block_on(async move {
-        let shutdown = match signals::shutdown_on_signals(drain_timeout) {
+        let shutdown = match shutdown_on_signals(Intent {
+            drain: "stop requested: finishing the current job (signal again to stop now)",
+            abort: "second stop request: stopping the current job now",
+            drain_timeout: Some(drain_timeout),
+        }) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
+                return PROGRAM.fail(
+                    exit::FAILURE,
+                    format!("cannot install signal handlers: {e}"),
+                );
             }
         };
         let options = RunOptions {
@@ -66,12 +58,11 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 let code = match e.downcast_ref::<StartError>() {
-                    Some(StartError::Config(_)) => 78,
-                    Some(StartError::Unavailable(_)) => 69,
-                    None => 1,
+                    Some(StartError::Config(_)) => exit::CONFIG,
+                    Some(StartError::Unavailable(_)) => exit::UNAVAILABLE,
+                    None => exit::FAILURE,
                 };
-                tracing::error!("{e:#}");
-                ExitCode::from(code)
+                PROGRAM.fail(code, format!("{e:#}"))
             }
         }
     })
