@@ -22,7 +22,8 @@ use crate::names::{EVENTS_EXCHANGE, RIP_EXCHANGE};
 pub struct Started {
     /// The job id.
     pub id: Uuid,
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The title being encoded.
     pub title: u32,
@@ -38,7 +39,8 @@ pub struct Started {
 pub struct Progress {
     /// The job id.
     pub id: Uuid,
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The title being encoded.
     pub title: u32,
@@ -74,7 +76,8 @@ pub struct OutputDone {
 pub struct Done {
     /// The job id.
     pub id: Uuid,
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The job's output name.
     pub name: String,
@@ -111,7 +114,8 @@ pub struct Failed {
     /// The job's output name, when the body was a job.
     #[serde(default)]
     pub name: Option<String>,
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The attempt that failed (0 = first).
     pub attempt: u32,
@@ -138,7 +142,8 @@ impl Failed {
 pub struct Split {
     /// The disc job's id.
     pub id: Uuid,
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The disc job's output name.
     pub name: String,
@@ -158,7 +163,8 @@ pub struct Split {
 pub struct DiscDone {
     /// The disc job's id.
     pub disc: Uuid,
-    /// The host of the worker that finished the last title.
+    /// The host of the worker that finished the last title (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The disc job's output name.
     pub name: String,
@@ -228,7 +234,8 @@ pub struct Activity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct WorkerStatus {
-    /// The worker's host.
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
     /// The program (`transcoded`).
     pub app: String,
@@ -298,7 +305,8 @@ pub struct RipProgress {
     /// Seconds left, when known.
     #[serde(default)]
     pub eta_secs: Option<u64>,
-    /// The ripping host.
+    /// The ripping host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
 }
 
@@ -314,7 +322,8 @@ pub struct RipDone {
     pub job: Uuid,
     /// The image's size in bytes.
     pub size: u64,
-    /// The ripping host.
+    /// The ripping host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
 }
 
@@ -328,7 +337,8 @@ pub struct RipFailed {
     pub error: String,
     /// rip's exit status.
     pub exit: u8,
-    /// The ripping host.
+    /// The ripping host (empty when a third-party producer left it out).
+    #[serde(default)]
     pub host: String,
 }
 

@@ -325,7 +325,8 @@ impl Processor for Notifier {
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.notify.retry_delay) => {}
                 _ = self.shutdown.drain.cancelled() => return stop(),
-                _ = incoming.cancel.cancelled() => return stop(),
+                // Taken back by the broker: the loop says so; the redelivery comes here again.
+                _ = incoming.cancel.cancelled() => return Outcome::Release,
             }
         }
     }

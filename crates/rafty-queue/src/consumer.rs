@@ -40,6 +40,19 @@ impl Shutdown {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Whether the loop should take nothing new: a drain, or an abort (which implies one).
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled() || self.abort.is_cancelled()
+    }
+
+    /// Completes when [`Shutdown::is_draining`] becomes true.
+    pub async fn draining(&self) {
+        tokio::select! {
+            _ = self.drain.cancelled() => {}
+            _ = self.abort.cancelled() => {}
+        }
+    }
 }
 
 /// How the consumer loop runs.
@@ -213,7 +226,7 @@ pub async fn run<P: Processor>(
     let mut stats = Stats::default();
     let mut backoff = Duration::from_millis(500);
     loop {
-        if shutdown.drain.is_cancelled() {
+        if shutdown.is_draining() {
             return Ok(stats);
         }
         let mut consuming = false;
@@ -229,7 +242,7 @@ pub async fn run<P: Processor>(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.drain.cancelled() => return Ok(stats),
+            _ = shutdown.draining() => return Ok(stats),
         }
         backoff = (backoff * 2).min(opts.reconnect_max);
     }
@@ -280,7 +293,7 @@ async fn session<P: Processor>(
     // A broker that does not answer must not delay a stop.
     let (conn, publisher, channel, _tasks) = tokio::select! {
         r = open(opts, processor) => r?,
-        _ = shutdown.drain.cancelled() => return Ok(()),
+        _ = shutdown.draining() => return Ok(()),
     };
     let tag = format!("{}@{}-{}", opts.app_id, opts.host, std::process::id());
     let consume = || async {
@@ -315,7 +328,7 @@ async fn session<P: Processor>(
             }
             tokio::select! {
                 biased;
-                _ = shutdown.drain.cancelled() => {
+                _ = shutdown.draining() => {
                     close(&conn).await;
                     return Ok(());
                 }
@@ -339,7 +352,7 @@ async fn session<P: Processor>(
         };
         let delivery = tokio::select! {
             biased;
-            _ = shutdown.drain.cancelled() => {
+            _ = shutdown.draining() => {
                 info!("stopping: no new {noun}s will be taken");
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 close(&conn).await;
@@ -378,7 +391,7 @@ async fn session<P: Processor>(
                 .max_deliveries
                 .is_some_and(|max| stats.settled + 1 >= max);
             let held = *opts.hold.borrow();
-            if last || shutdown.drain.is_cancelled() || held {
+            if last || shutdown.is_draining() || held {
                 let _ = channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
