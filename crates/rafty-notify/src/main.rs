@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rafty_core::exit;
 use rafty_notify::{config, run};
-use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads};
 
 /// Rafty's notifier: sends done and failed events to webhooks, ntfy topics and commands.
 ///
@@ -34,18 +33,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let shutdown = match shutdown_on_signals(Intent {
+        let shutdown = match PROGRAM.signals(Intent {
             drain: "stop requested: finishing the notification in hand (signal again to stop now)",
             abort: "second stop request: stopping now",
             drain_timeout: None,
         }) {
             Ok(s) => s,
-            Err(e) => {
-                return PROGRAM.fail(
-                    exit::FAILURE,
-                    format!("cannot install signal handlers: {e}"),
-                );
-            }
+            Err(code) => return code,
         };
         run(settings, shutdown).await;
         ExitCode::SUCCESS

@@ -105,6 +105,16 @@ impl Program {
         Ok((loaded, runtime))
     }
 
+    /// [`shutdown_on_signals`], reporting a failure to install the handlers as this program does.
+    pub fn signals(&self, intent: Intent) -> Result<Shutdown, ExitCode> {
+        shutdown_on_signals(intent).map_err(|e| {
+            self.fail(
+                exit::FAILURE,
+                format_args!("cannot install signal handlers: {e}"),
+            )
+        })
+    }
+
     /// Report `error` the way this kind of program does, and return `code` as the exit status.
     pub fn fail(&self, code: u8, error: impl Display) -> ExitCode {
         match self.kind {

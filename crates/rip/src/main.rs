@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use rafty_core::exit;
-use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads};
 use rip::{Ripped, report_error, rip_disc, watch};
 
 /// Rafty's ripper: copies a disc to an ISO (ddrescue-grade, resumable), ejects it, publishes a job.
@@ -54,18 +54,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let shutdown = match shutdown_on_signals(Intent {
+        let shutdown = match PROGRAM.signals(Intent {
             drain: "stop requested: saving the map; run rip again to resume",
             abort: "second stop request: stopping now",
             drain_timeout: None,
         }) {
             Ok(s) => s,
-            Err(e) => {
-                return PROGRAM.fail(
-                    exit::FAILURE,
-                    format!("cannot install signal handlers: {e}"),
-                );
-            }
+            Err(code) => return code,
         };
         // The copy checks a flag between reads (it runs on a blocking thread).
         let stop = Arc::new(AtomicBool::new(false));

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rafty_core::exit;
-use rafty_program::{CommonArgs, Intent, Kind, Program, Threads, shutdown_on_signals};
+use rafty_program::{CommonArgs, Intent, Kind, Program, Threads};
 use transcoded::{RunOptions, StartError, run};
 
 /// Rafty's transcode worker: takes jobs from RabbitMQ and runs HandBrakeCLI on them.
@@ -38,18 +38,13 @@ fn main() -> ExitCode {
     };
     let drain_timeout = loaded.config.transcode.drain_timeout;
     runtime.block_on(async move {
-        let shutdown = match shutdown_on_signals(Intent {
+        let shutdown = match PROGRAM.signals(Intent {
             drain: "stop requested: finishing the current job (signal again to stop now)",
             abort: "second stop request: stopping the current job now",
             drain_timeout: Some(drain_timeout),
         }) {
             Ok(s) => s,
-            Err(e) => {
-                return PROGRAM.fail(
-                    exit::FAILURE,
-                    format!("cannot install signal handlers: {e}"),
-                );
-            }
+            Err(code) => return code,
         };
         let options = RunOptions {
             max_jobs: cli.max_jobs,
