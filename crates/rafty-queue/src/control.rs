@@ -14,7 +14,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use rafty_core::names::{CONTENT_TYPE_JSON, CONTROL_EXCHANGE};
 use rafty_core::wire::{ControlRequest, WorkerStatus};
 
@@ -29,15 +29,12 @@ fn amqp(what: &'static str) -> impl FnOnce(lapin::Error) -> Error {
     move |source| Error::Amqp { what, source }
 }
 
-/// Answer control requests on `conn` until the connection closes; returns the serving task.
-pub async fn serve(
-    conn: &Connection,
-    handler: ControlFn,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(amqp("opening the control channel"))?;
+/// A private, server-named queue (exclusive: gone with the channel) bound to each `(exchange, key)`,
+/// consumed without acks: how a worker hears control requests and `raftyctl watch` follows events.
+pub async fn listen(
+    channel: &Channel,
+    bindings: &[(&str, &str)],
+) -> Result<lapin::Consumer, Error> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -49,18 +46,20 @@ pub async fn serve(
             FieldTable::default(),
         )
         .await
-        .map_err(amqp("declaring the control queue"))?;
+        .map_err(amqp("declaring a private queue"))?;
+    for (exchange, key) in bindings {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                (*exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("binding a private queue"))?;
+    }
     channel
-        .queue_bind(
-            queue.name().clone(),
-            CONTROL_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("binding the control queue"))?;
-    let mut requests = channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -71,7 +70,19 @@ pub async fn serve(
             FieldTable::default(),
         )
         .await
-        .map_err(amqp("consuming control requests"))?;
+        .map_err(amqp("consuming a private queue"))
+}
+
+/// Answer control requests on `conn` until the connection closes; returns the serving task.
+pub async fn serve(
+    conn: &Connection,
+    handler: ControlFn,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(amqp("opening the control channel"))?;
+    let mut requests = listen(&channel, &[(CONTROL_EXCHANGE, "")]).await?;
     Ok(tokio::spawn(async move {
         while let Some(Ok(request)) = requests.next().await {
             let Some(reply_to) = request.properties.reply_to().clone() else {

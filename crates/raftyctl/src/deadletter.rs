@@ -12,6 +12,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, Queu
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use rafty_core::config::Loaded;
+use rafty_core::exit;
 use rafty_core::names::{
     DEAD_QUEUE, HEADER_ATTEMPT, HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_FAILED_AT, HEADER_HOST,
     HEADER_ORIGINAL_EXCHANGE, HEADER_ORIGINAL_ROUTING_KEY, RIP_EXCHANGE,
@@ -20,7 +21,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Failure, close, open};
-use rafty_core::exit;
 
 /// `raftyctl dead-letter` commands.
 #[derive(Debug, Subcommand)]

@@ -5,13 +5,13 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use rafty_core::config::Loaded;
+use rafty_core::exit;
 use rafty_core::names::{DEAD_QUEUE, WORK_QUEUE};
 use rafty_core::wire::{ControlRequest, WorkerStatus};
 use rafty_queue::Topology;
 use serde::Serialize;
 
 use crate::{Failure, close, open};
-use rafty_core::exit;
 
 /// How long workers get to answer.
 const WAIT: Duration = Duration::from_millis(1000);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use rafty_core::config::Loaded;
+use rafty_core::exit;
 use rafty_core::job::{Origin, Source, validate_output_name};
 use rafty_core::label::read_disc_info;
 use rafty_core::names::{RIP_EXCHANGE, rip_routing_key};
@@ -14,7 +15,6 @@ use rafty_queue::PublishError;
 use sha2::{Digest, Sha256};
 
 use crate::{Failure, close, open};
-use rafty_core::exit;
 
 /// `raftyctl submit` options.
 #[derive(Debug, Args)]

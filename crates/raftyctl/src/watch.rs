@@ -9,14 +9,12 @@ use std::io::{IsTerminal, Write};
 
 use futures_lite::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use rafty_core::config::Loaded;
+use rafty_core::exit;
 use rafty_core::names::{EVENTS_EXCHANGE, RIP_EXCHANGE};
 use rafty_core::wire::Event;
 
 use crate::{Failure, close, open};
-use rafty_core::exit;
 
 /// What one event means for the display.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,45 +110,15 @@ fn short(id: &str) -> &str {
 pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
     let (conn, publisher, url) = open(loaded).await?;
     let ch = publisher.channel();
-    let amqp = |e: lapin::Error| Failure::new(exit::UNAVAILABLE, e.to_string());
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
-    for (exchange, key) in [
-        (EVENTS_EXCHANGE, "rafty.transcode.#"),
-        (RIP_EXCHANGE, "rafty.rip.*"),
-    ] {
-        ch.queue_bind(
-            q.name().clone(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
-    }
-    let mut events = ch
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp)?;
+    let mut events = rafty_queue::control::listen(
+        ch,
+        &[
+            (EVENTS_EXCHANGE, "rafty.transcode.#"),
+            (RIP_EXCHANGE, "rafty.rip.*"),
+        ],
+    )
+    .await
+    .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     eprintln!("raftyctl: watching rips and encodes on {url} (Ctrl-C to stop)");
 
     let terminal = std::io::stdout().is_terminal();
