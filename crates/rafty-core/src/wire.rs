@@ -186,6 +186,9 @@ pub enum WorkerState {
     Drained,
     /// Stopping (SIGTERM).
     Stopping,
+    /// A state a newer worker reports that this version does not know.
+    #[serde(other)]
+    Unknown,
 }
 
 impl WorkerState {
@@ -197,6 +200,7 @@ impl WorkerState {
             WorkerState::Draining => "draining",
             WorkerState::Drained => "drained",
             WorkerState::Stopping => "stopping",
+            WorkerState::Unknown => "unknown",
         }
     }
 }
@@ -222,10 +226,10 @@ pub struct Activity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
     /// Frames per second, when HandBrake says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub fps: Option<f64>,
     /// Seconds left, when HandBrake says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub eta_secs: Option<u64>,
 }
 

@@ -1,12 +1,11 @@
 //! An event as the notifier passes it on: the JSON envelope for webhooks and commands, and the one-line
-//! text, title and tags for ntfy. The texts come from the typed events of `rafty_core::wire`
-//! (docs/protocol.md, "Events"); a body that is not its event degrades the text, never the delivery.
-
-use std::path::Path;
+//! text, title and tags for ntfy. Every body is checked against its type in `rafty_core::wire` (a body
+//! that is not its event is logged, and still delivered); the texts read the fields leniently, so a
+//! field missing from a hand-written or third-party event degrades the text, never the delivery.
 
 use base64::Engine;
 use rafty_core::wire;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::EventKind;
@@ -23,9 +22,34 @@ pub struct Event {
     pub routing_key: String,
     /// Its JSON body, exactly as the publisher sent it (webhooks and commands get it whole).
     pub body: Value,
-    /// The body as its type (`rafty_core::wire`), or why it is not one: the text then says no more
-    /// than the routing key does.
+    /// The body as its type, or why it is not one.
     pub wire: Result<wire::Event, String>,
+    fields: Fields,
+}
+
+/// The fields of the event bodies (docs/protocol.md, "Events") that the texts use, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct Fields {
+    id: Option<String>,
+    job: Option<String>,
+    name: Option<String>,
+    host: Option<String>,
+    outputs: Option<Vec<serde::de::IgnoredAny>>,
+    skipped: Option<bool>,
+    elapsed_secs: Option<f64>,
+    error: Option<String>,
+    attempt: Option<u64>,
+    next: Option<String>,
+    device: Option<String>,
+    image: Option<String>,
+    size: Option<u64>,
+    exit: Option<i64>,
+}
+
+/// A text field, unless blank.
+fn text(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.trim().is_empty())
 }
 
 fn short_id(id: &str) -> &str {
@@ -75,38 +99,6 @@ fn truncate(text: String) -> String {
     }
 }
 
-/// ` on HOST`, or nothing when the host is blank.
-fn on(host: &str) -> String {
-    if host.trim().is_empty() {
-        String::new()
-    } else {
-        format!(" on {host}")
-    }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-fn or_reason(error: &str) -> &str {
-    if error.trim().is_empty() {
-        "no reason given"
-    } else {
-        error
-    }
-}
-
-/// ` (a, b)` with `sep` between the parts, or nothing when there are none.
-fn details(parts: &[String], sep: &str) -> String {
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join(sep))
-    }
-}
-
 impl Event {
     /// The event a delivery carries: `None` when the body is not a JSON object at all.
     pub fn new(kind: EventKind, routing_key: &str, data: &[u8]) -> Option<Event> {
@@ -116,110 +108,150 @@ impl Event {
 
     /// The event for a JSON body.
     pub fn from_body(kind: EventKind, routing_key: &str, body: Value) -> Event {
-        let wire = serde_json::to_vec(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|data| wire::Event::decode(routing_key, &data).map_err(|e| e.to_string()));
+        let data = serde_json::to_vec(&body).expect("a JSON value serializes");
+        let wire = wire::Event::decode(routing_key, &data).map_err(|e| e.to_string());
+        let fields = serde_json::from_slice(&data).unwrap_or_default();
         Event {
             kind,
             routing_key: routing_key.to_owned(),
             body,
             wire,
+            fields,
         }
     }
 
-    /// The job the event is about (a transcode event's `id`, a `rip.done`'s `job`).
-    pub fn job_id(&self) -> Option<String> {
-        self.wire.as_ref().ok().and_then(wire::Event::job_id)
+    /// The job id (transcode events' `id`, `rip.done`'s `job`), if the body has one.
+    pub fn job_id(&self) -> Option<&str> {
+        text(&self.fields.id).or_else(|| text(&self.fields.job))
+    }
+
+    /// What a transcode event is about: the output name when the body has one (`done` does), else the
+    /// job id (`failed` carries only the id).
+    fn subject(&self, short: bool) -> String {
+        match (text(&self.fields.name), self.job_id()) {
+            (Some(name), _) => name.to_owned(),
+            (None, Some(id)) if short => format!("job {}", short_id(id)),
+            (None, Some(id)) => format!("job {id}"),
+            (None, None) => "a job".to_owned(),
+        }
+    }
+
+    fn host_part(&self) -> String {
+        text(&self.fields.host)
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default()
+    }
+
+    fn image_name(&self) -> Option<String> {
+        text(&self.fields.image).map(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.to_owned())
+        })
     }
 
     /// Whether a failed job gave up for good (dead-lettered) rather than waiting for a retry.
     fn gave_up(&self) -> bool {
-        match (&self.wire, self.kind) {
-            (Ok(wire::Event::Failed(f)), _) => f.gave_up(),
-            (_, EventKind::RipFailed) => true,
+        match self.kind {
+            EventKind::TranscodeFailed => text(&self.fields.next) == Some(wire::NEXT_DEAD_LETTER),
+            EventKind::RipFailed => true,
             _ => false,
         }
     }
 
     /// The one-line text of a notification, e.g. `Feature Disc done on attic-pc (1 output, 45 s)`.
     pub fn text(&self) -> String {
-        let text = match &self.wire {
-            Ok(wire::Event::Done(d)) => {
-                let n = d.outputs.len();
-                let mut parts = vec![format!("{n} output{}", if n == 1 { "" } else { "s" })];
-                if d.skipped {
-                    parts.push("already done, nothing encoded".to_owned());
-                } else {
-                    parts.push(human_secs(d.elapsed_secs));
+        let b = &self.fields;
+        let text = match self.kind {
+            EventKind::TranscodeDone => {
+                let outputs = b.outputs.as_ref().map(Vec::len);
+                let mut details = Vec::new();
+                if let Some(n) = outputs {
+                    details.push(format!("{n} output{}", if n == 1 { "" } else { "s" }));
                 }
-                format!(
-                    "{} done{}{}",
-                    done_subject(d),
-                    on(&d.host),
-                    details(&parts, ", ")
-                )
+                if b.skipped == Some(true) {
+                    details.push("already done, nothing encoded".to_owned());
+                } else if let Some(secs) = b.elapsed_secs {
+                    details.push(human_secs(secs));
+                }
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join(", "))
+                };
+                format!("{} done{}{details}", self.subject(false), self.host_part())
             }
-            Ok(wire::Event::Failed(f)) => {
-                let next = match f.next.as_str() {
-                    wire::NEXT_DEAD_LETTER => "gave up, see raftyctl dead-letter list".to_owned(),
-                    wire::NEXT_REQUEUED => "handed back to the queue".to_owned(),
-                    q => match q.strip_prefix("rafty.transcode.retry.") {
+            EventKind::TranscodeFailed => {
+                let error = text(&b.error).unwrap_or("no reason given");
+                let attempt = b.attempt;
+                let next = match text(&b.next) {
+                    Some("dead-letter") => {
+                        Some("gave up, see raftyctl dead-letter list".to_owned())
+                    }
+                    Some("requeued") => Some("handed back to the queue".to_owned()),
+                    Some(q) => Some(match q.strip_prefix("rafty.transcode.retry.") {
                         Some(delay) => format!("retried in {delay}"),
                         None => format!("next: {q}"),
-                    },
+                    }),
+                    None => None,
                 };
-                let parts = [format!("attempt {}", u64::from(f.attempt) + 1), next];
-                format!(
-                    "{} failed{}: {}{}",
-                    failed_subject(f, false),
-                    on(&f.host),
-                    or_reason(&f.error),
-                    details(&parts, "; ")
-                )
-            }
-            Ok(wire::Event::RipDone(r)) => {
-                let mut parts = vec![human_bytes(r.size)];
-                if !r.host.trim().is_empty() {
-                    parts.push(r.host.clone());
+                let mut details = Vec::new();
+                if let Some(a) = attempt {
+                    details.push(format!("attempt {}", a + 1));
                 }
+                details.extend(next);
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join("; "))
+                };
                 format!(
-                    "rip of {} done: {}{}",
-                    r.device.display(),
-                    file_name(&r.image),
-                    details(&parts, ", ")
+                    "{} failed{}: {error}{details}",
+                    self.subject(false),
+                    self.host_part()
                 )
             }
-            Ok(wire::Event::RipFailed(r)) => format!(
-                "rip of {} failed{}: {} (exit {})",
-                r.device.display(),
-                on(&r.host),
-                or_reason(&r.error),
-                r.exit
-            ),
-            // A body that is not the event its key says: what the key alone tells.
-            _ => match self.kind {
-                EventKind::TranscodeDone => "a job done".to_owned(),
-                EventKind::TranscodeFailed => "a job failed: no reason given".to_owned(),
-                EventKind::RipDone => "rip of a drive done: an image".to_owned(),
-                EventKind::RipFailed => "rip of a drive failed: no reason given".to_owned(),
-            },
+            EventKind::RipDone => {
+                let device = text(&b.device).unwrap_or("a drive");
+                let image = self.image_name().unwrap_or_else(|| "an image".to_owned());
+                let mut details = Vec::new();
+                if let Some(size) = b.size {
+                    details.push(human_bytes(size));
+                }
+                if let Some(h) = text(&b.host) {
+                    details.push(h.to_owned());
+                }
+                let details = if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", details.join(", "))
+                };
+                format!("rip of {device} done: {image}{details}")
+            }
+            EventKind::RipFailed => {
+                let device = text(&b.device).unwrap_or("a drive");
+                let error = text(&b.error).unwrap_or("no reason given");
+                let exit = b.exit.map(|e| format!(" (exit {e})")).unwrap_or_default();
+                format!("rip of {device} failed{}: {error}{exit}", self.host_part())
+            }
         };
         truncate(text)
     }
 
     /// The notification's title, e.g. `Rafty: Feature Disc done`.
     pub fn title(&self) -> String {
-        let title = match (&self.wire, self.kind) {
-            (Ok(wire::Event::Done(d)), _) => format!("Rafty: {} done", done_subject(d)),
-            (Ok(wire::Event::Failed(f)), _) => format!("Rafty: {} failed", failed_subject(f, true)),
-            (Ok(wire::Event::RipDone(r)), _) => format!("Rafty: {} ripped", file_name(&r.image)),
-            (Ok(wire::Event::RipFailed(r)), _) => {
-                format!("Rafty: rip of {} failed", r.device.display())
-            }
-            (_, EventKind::TranscodeDone) => "Rafty: a job done".to_owned(),
-            (_, EventKind::TranscodeFailed) => "Rafty: a job failed".to_owned(),
-            (_, EventKind::RipDone) => "Rafty: disc ripped".to_owned(),
-            (_, EventKind::RipFailed) => "Rafty: rip failed".to_owned(),
+        let title = match self.kind {
+            EventKind::TranscodeDone => format!("Rafty: {} done", self.subject(true)),
+            EventKind::TranscodeFailed => format!("Rafty: {} failed", self.subject(true)),
+            EventKind::RipDone => match self.image_name() {
+                Some(image) => format!("Rafty: {image} ripped"),
+                None => "Rafty: disc ripped".to_owned(),
+            },
+            EventKind::RipFailed => match text(&self.fields.device) {
+                Some(d) => format!("Rafty: rip of {d} failed"),
+                None => "Rafty: rip failed".to_owned(),
+            },
         };
         truncate(title)
     }
@@ -242,49 +274,27 @@ impl Event {
 
     /// What webhooks get as JSON and commands on stdin:
     /// `{"event", "routing-key", "title", "text", "body"}`, `body` being the event exactly as published.
-    pub fn envelope(&self) -> Envelope<'_> {
-        Envelope {
+    pub fn envelope(&self) -> Value {
+        serde_json::to_value(Envelope {
             event: self.kind.name(),
             routing_key: &self.routing_key,
             title: self.title(),
             text: self.text(),
             body: &self.body,
-        }
-    }
-}
-
-/// What a finished job is called: its output name, or its id when the name is blank.
-fn done_subject(d: &wire::Done) -> String {
-    if d.name.trim().is_empty() {
-        format!("job {}", d.id)
-    } else {
-        d.name.clone()
-    }
-}
-
-/// What a failed job is called: its output name when the event has one, else its id.
-fn failed_subject(f: &wire::Failed, short: bool) -> String {
-    match f.name.as_deref().filter(|n| !n.trim().is_empty()) {
-        Some(name) => name.to_owned(),
-        None if short => format!("job {}", short_id(&f.id)),
-        None => format!("job {}", f.id),
+        })
+        .expect("the envelope serializes")
     }
 }
 
 /// The JSON that webhooks and commands get.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Envelope<'a> {
-    /// The event's name in `[notify] events`, e.g. `transcode.done`.
-    pub event: &'static str,
-    /// The routing key it was published with.
-    pub routing_key: &'a str,
-    /// The notification's title.
-    pub title: String,
-    /// The notification's text.
-    pub text: String,
-    /// The event exactly as published.
-    pub body: &'a Value,
+struct Envelope<'a> {
+    event: &'static str,
+    routing_key: &'a str,
+    title: String,
+    text: String,
+    body: &'a Value,
 }
 
 /// A header value that HTTP can carry: as is when it is printable ASCII, else an RFC 2047 encoded word
@@ -303,9 +313,9 @@ pub fn header_value(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     use serde_json::json;
+
+    use super::*;
 
     fn event(kind: EventKind, body: Value) -> Event {
         Event::from_body(kind, &kind.routing_key(), body)
@@ -344,8 +354,7 @@ mod tests {
 
         let retry = event(
             EventKind::TranscodeFailed,
-            json!({"id": "x", "host": "", "attempt": 0, "error-kind": "disk-full", "error-class": "retryable",
-                   "error": "disk full", "next": "rafty.transcode.retry.30s"}),
+            json!({"id": "x", "attempt": 0, "error": "disk full", "next": "rafty.transcode.retry.30s"}),
         );
         assert_eq!(
             retry.text(),
@@ -356,17 +365,14 @@ mod tests {
         let ripped = event(
             EventKind::RipDone,
             json!({"device": "/dev/sr0", "image": "/var/lib/rafty/iso/FEATURE_DISC.iso",
-                   "job": "4a28126f-a798-4e74-8212-bd07180314b4", "size": 6119424u64, "host": "attic-pc"}),
+                   "job": "4a28126f", "size": 6119424u64, "host": "attic-pc"}),
         );
         assert_eq!(
             ripped.text(),
             "rip of /dev/sr0 done: FEATURE_DISC.iso (5.8 MiB, attic-pc)"
         );
         assert_eq!(ripped.title(), "Rafty: FEATURE_DISC.iso ripped");
-        assert_eq!(
-            ripped.job_id().as_deref(),
-            Some("4a28126f-a798-4e74-8212-bd07180314b4")
-        );
+        assert_eq!(ripped.job_id(), Some("4a28126f"));
 
         let rip_failed = event(
             EventKind::RipFailed,
@@ -388,10 +394,7 @@ mod tests {
             event(EventKind::RipFailed, json!({})).text(),
             "rip of a drive failed: no reason given"
         );
-        let long = event(
-            EventKind::RipFailed,
-            json!({"device": "/dev/sr0", "error": "e".repeat(5000), "exit": 74, "host": "h"}),
-        );
+        let long = event(EventKind::RipFailed, json!({"error": "e".repeat(5000)}));
         assert_eq!(long.text().chars().count(), MAX_TEXT_CHARS);
     }
 
@@ -415,17 +418,12 @@ mod tests {
 
     #[test]
     fn the_envelope_keeps_the_body() {
-        let body = json!({"id": "4a28126f-a798-4e74-8212-bd07180314b4", "name": "N", "host": "h",
-                          "outputs": [], "skipped": true, "attempt": 0, "preset": "P", "handbrake": "H",
-                          "elapsed-secs": 0.1, "finished-at": "2026-11-23T16:58:18Z", "unknown": 1});
+        let body = json!({"id": "x", "name": "N", "host": "h"});
         let e = event(EventKind::TranscodeDone, body.clone());
-        let env = serde_json::to_value(e.envelope()).unwrap();
+        let env = e.envelope();
         assert_eq!(env["event"], "transcode.done");
         assert_eq!(env["routing-key"], "rafty.transcode.done");
         assert_eq!(env["body"], body);
-        assert_eq!(
-            env["text"],
-            "N done on h (0 outputs, already done, nothing encoded)"
-        );
+        assert_eq!(env["text"], "N done on h");
     }
 }

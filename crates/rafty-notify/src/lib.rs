@@ -34,8 +34,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
 use rafty_core::wire;
 use rafty_queue::{
-    ConsumerOptions, Ensured, Incoming, Outcome, Processor, Publisher, SessionTasks, Topology,
-    mask_url,
+    ConsumerOptions, Ensured, Incoming, Outcome, Processor, Publisher, SessionTasks, Settled,
+    Topology, mask_url,
 };
 use tracing::{Span, debug, info, info_span, warn};
 
@@ -244,6 +244,17 @@ impl Processor for Notifier {
         )
     }
 
+    fn settled(&self, incoming: &Incoming, settled: &Settled) {
+        if *settled == Settled::Consumed
+            && let Ok(mut p) = self.progress.lock()
+        {
+            p.forget(&(
+                incoming.delivery().routing_key.as_str().to_owned(),
+                incoming.data().to_vec(),
+            ));
+        }
+    }
+
     async fn process(&self, incoming: &Incoming, _events: &Publisher) -> Outcome {
         let routing_key = incoming.delivery().routing_key.as_str().to_owned();
         let event = match EventKind::from_routing_key(&routing_key) {
@@ -271,7 +282,7 @@ impl Processor for Notifier {
             return Outcome::Consumed;
         };
         if let Err(why) = &event.wire {
-            warn!(error = %why, "the body is not the event its routing key says; notifying with what the key tells");
+            warn!(error = %why, "the body is not the event its routing key says (docs/protocol.md); notifying with the fields it has");
         }
         let key = (routing_key, incoming.data().to_vec());
         let stop = || {
@@ -286,9 +297,11 @@ impl Processor for Notifier {
                     continue;
                 }
                 let attempt = target.deliver(&event, &self.agent, self.settings.notify.timeout);
+                // Only a stop cuts a request short: a delivery the broker takes back meanwhile still
+                // lets the request in flight finish and be remembered for the redelivery.
                 let result = tokio::select! {
                     r = attempt => r,
-                    _ = incoming.cancel.cancelled() => {
+                    _ = self.shutdown.abort.cancelled() => {
                         warn!(to = %target, "stopped in the middle of a notification; the event stays in the queue");
                         return Outcome::Release;
                     }
@@ -310,9 +323,8 @@ impl Processor for Notifier {
                 }
             }
             if self.all_had(&key) {
-                if let Ok(mut p) = self.progress.lock() {
-                    p.forget(&key);
-                }
+                // Forgotten only once the ack went through (`settled`): an ack lost with the
+                // channel brings the event back, and its targets are not sent it again.
                 self.count(|s| s.delivered += 1);
                 return Outcome::Consumed;
             }

@@ -9,7 +9,8 @@ use rafty_program::{CommonArgs, Intent, Kind, Program, Threads};
 /// Rafty's notifier: sends done and failed events to webhooks, ntfy topics and commands.
 ///
 /// Events wait in its own durable queue while it is stopped. The first SIGTERM lets the notification
-/// in hand finish; a second stops at once (the event stays queued).
+/// in hand finish; a second stops at once (the event stays queued). Its configuration file needs a
+/// [notify] section.
 ///
 /// Exit status: 0 stopped cleanly, 1 failed, 78 configuration error.
 #[derive(Debug, Parser)]

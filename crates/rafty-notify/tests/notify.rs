@@ -221,7 +221,7 @@ fn stop(notifier: &mut Worker) {
     );
 }
 
-/// Publish an event the way `rafty_queue::Publisher::publish_event_on` does.
+/// Publish an event the way `rafty_queue::Publisher::publish_event` does.
 fn publish(amqp: &Amqp, exchange: &str, routing_key: &str, body: &Value) {
     let kind = routing_key.rsplit('.').next().unwrap();
     let props = BasicProperties::default()

@@ -27,7 +27,7 @@ use tracing::warn;
 /// The flags every Rafty program takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// Configuration file [default: /etc/rafty/rafty.toml if present, else built-in defaults]
+    /// Configuration file [default: /etc/rafty/rafty.toml]
     #[arg(long, short, global = true, env = ENV_CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log format on stderr: human or json

@@ -98,7 +98,14 @@ pub fn describe(event: &Event) -> Option<Line> {
             detail: format!("failed: {}", e.error),
             finished: true,
         },
-        Event::Split(_) | Event::DiscDone(_) | Event::Heartbeat(_) => return None,
+        Event::DiscDone(e) => Line {
+            key: format!("{}#", e.disc),
+            label: format!("{host} {}", e.name),
+            percent: Some(100.0),
+            detail: format!("done, {} output(s)", e.outputs.len()),
+            finished: true,
+        },
+        Event::Split(_) | Event::Heartbeat(_) => return None,
     };
     Some(line)
 }

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let shutdown = match PROGRAM.signals(Intent {
             drain: "stop requested: saving the map; run rip again to resume",
-            abort: "second stop request: stopping now",
+            abort: "second stop request: still saving the map",
             drain_timeout: None,
         }) {
             Ok(s) => s,
