@@ -227,3 +227,126 @@ fn a_ca_file_on_a_plain_amqp_url_or_a_missing_ca_file_is_refused_before_connecti
         "{err}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Append `[store]` lines to a config file.
+fn with_store(config: &Path, lines: &str) {
+    let mut text = std::fs::read_to_string(config).expect("read config");
+    text.push_str("[store]\n");
+    text.push_str(lines);
+    std::fs::write(config, text).expect("write config");
+}
+
+#[test]
+fn a_worker_without_the_storage_fetches_and_sends_back_over_https_and_refuses_another_ca() {
+    let (pki, broker) = world();
+    let env = Env::new(broker, "store-tls");
+    let token = "laptop-token-0123456789abcdef";
+    let tokens = env.path().join("store-tokens");
+    std::fs::write(&tokens, format!("{token}\n")).unwrap();
+    let port = free_port();
+    // The NAS: its config serves the images and the library over HTTPS, and names the store in jobs.
+    with_store(
+        &env.config(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nurl = \"https://127.0.0.1:{port}\"\ntoken-file = \"{}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
+            tokens.display(),
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    );
+    let mut store = env.worker_with(
+        Command::new(rafty_testkit::bin("rafty-store")),
+        &env.config(),
+        &[],
+    );
+    store.wait_log("rafty-store serving", Duration::from_secs(30));
+    assert!(store.log().contains("tls=true"), "{}", store.log());
+
+    // The laptop: no source root it can read, its own scratch and (unused) library.
+    let laptop = |name: &str, ca: &Path| {
+        let config = env.write_config(
+            name,
+            Some("laptop"),
+            &[
+                ("source-roots", "[\"/nonexistent/rafty-tls\"]"),
+                (
+                    "output-dir",
+                    &format!("\"{}\"", env.path().join("laptop-media").display()),
+                ),
+                (
+                    "scratch-dir",
+                    &format!("\"{}\"", env.path().join("laptop-scratch").display()),
+                ),
+            ],
+        );
+        with_store(
+            &config,
+            &format!(
+                "url = \"https://127.0.0.1:{port}\"\ntoken-file = \"{}\"\nca-file = \"{}\"\n",
+                tokens.display(),
+                ca.display()
+            ),
+        );
+        config
+    };
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "over https.iso");
+    let id = env.submit(&iso, &[]);
+    let mut worker = env.worker(&laptop("laptop.toml", &pki.ca), &["--max-jobs", "1"]);
+    let status = worker.wait(Duration::from_secs(180));
+    assert!(status.success(), "{}", worker.log());
+    let log = worker.log();
+    assert!(log.contains(&format!("job_id={id}")), "{log}");
+    assert!(log.contains("image fetched and verified"), "{log}");
+    assert!(log.contains("output uploaded and in place"), "{log}");
+    let out = env.media_dir.join("over https.mkv");
+    assert!(
+        out.exists(),
+        "in the NAS's library: {:?}",
+        env.media_files()
+    );
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.media_dir.join("over https.mkv.rafty.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["job-id"], id.as_str(), "{sidecar}");
+    assert_eq!(sidecar["host"], "laptop", "{sidecar}");
+    let laptop_media = env.path().join("laptop-media");
+    assert!(
+        std::fs::read_dir(&laptop_media).map_or(true, |d| d.count() == 0),
+        "nothing in the laptop's own library"
+    );
+    let remote = env.path().join("laptop-scratch").join("remote");
+    assert!(
+        std::fs::read_dir(&remote).map_or(true, |d| d.count() == 0),
+        "scratch cleaned: {:?}",
+        std::fs::read_dir(&remote).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    assert!(
+        !log.contains(token),
+        "the token never reaches the log:\n{log}"
+    );
+
+    // Another CA: the store's certificate is refused, the job is not fetched, the log says why.
+    let iso = env.add_iso(&fixture_iso("SMALL", &[12]), "wrong ca.iso");
+    let id = env.submit(&iso, &[]);
+    let mut worker = env.worker(
+        &laptop("wrong-ca.toml", &pki.other_ca),
+        &["--max-jobs", "1"],
+    );
+    let status = worker.wait(Duration::from_secs(60));
+    assert!(status.success(), "{}", worker.log());
+    let log = worker.log();
+    assert!(log.contains(&format!("job_id={id}")), "{log}");
+    assert!(
+        log.contains("store-unavailable") && log.contains("certificate"),
+        "the failure names the store and the certificate: {log}"
+    );
+    assert!(!env.media_dir.join("wrong ca.mkv").exists());
+}

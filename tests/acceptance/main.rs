@@ -19,6 +19,9 @@
 //! - `tests/tls.rs`: a node with a TLS listener and a certificate from a test CA, shared by its tests.
 //! - `tests/hosts.rs`: a broker, workers and a rip host in network namespaces on a bridge, a link cut
 //!   mid-encode.
+//! - `tests/store.rs`: workers without shared storage in network namespaces, a `rafty-store` on the
+//!   bridge, links cut and a store killed mid-transfer.
+//! - `tests/cluster.rs`: a three-node RabbitMQ cluster whose nodes it kills, restarts and freezes.
 
 mod eject;
 mod hostile;

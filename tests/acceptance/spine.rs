@@ -67,6 +67,7 @@ fn job_for(path: &Path, name: &str) -> Value {
             sha256: None,
             label: None,
             unreadable_sectors: None,
+            url: None,
         },
         name.to_owned(),
         Origin::default(),

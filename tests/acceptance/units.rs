@@ -276,8 +276,20 @@ fn unit_copies() -> tempfile::TempDir {
         ),
         ("transcoded.service", "ExecStart=/usr/local/bin/transcoded"),
         (
+            "rafty-store.service",
+            "ExecStart=/usr/local/bin/rafty-store",
+        ),
+        (
             "rafty-outbox.service",
             "ExecStart=/usr/local/bin/raftyctl outbox flush",
+        ),
+        (
+            "rafty-replicate.service",
+            "ExecStart=/usr/local/bin/rafty-replicate --config /etc/rafty/rafty.toml",
+        ),
+        (
+            "rafty-audit.service",
+            "ExecStart=/usr/local/bin/raftyctl --config /etc/rafty/rafty.toml audit --percent 25 --max-duration 6h --repair",
         ),
     ];
     for (unit, exec) in units {
@@ -312,10 +324,13 @@ fn systemd_analyze_verify_accepts_both_units() {
         .arg("verify")
         .arg(dir.path().join("rip@.service"))
         .arg(dir.path().join("rip@sr0.service"))
-        .arg(dir.path().join("transcoded.service")));
+        .arg(dir.path().join("transcoded.service"))
+        .arg(dir.path().join("rafty-store.service"))
+        .arg(dir.path().join("rafty-replicate.service"))
+        .arg(dir.path().join("rafty-audit.service")));
     let (stdout, stderr) = text(&out);
     eprintln!(
-        "systemd-analyze verify rip@.service rip@sr0.service transcoded.service: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
+        "systemd-analyze verify rip@.service rip@sr0.service transcoded.service rafty-store.service rafty-replicate.service rafty-audit.service: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
         out.status
     );
     assert!(out.status.success(), "verify failed:\n{stdout}{stderr}");
@@ -357,14 +372,21 @@ fn verify_catches_a_broken_unit() {
 }
 
 /// Highest overall exposure accepted. Measured with systemd 252: rip@sr0.service 1.5,
-/// transcoded.service 1.2 (0 = locked down, 10 = unprotected).
+/// transcoded.service 1.2, rafty-store.service 1.1, rafty-replicate.service 1.2,
+/// rafty-audit.service 1.2 (0 = locked down, 10 = unprotected).
 const MAX_EXPOSURE: f64 = 2.0;
 
 #[test]
 fn systemd_analyze_security_scores_both_units_low() {
     let systemd_analyze = tool("systemd-analyze");
     let dir = workspace_root().join("systemd");
-    for unit in ["rip@sr0.service", "transcoded.service"] {
+    for unit in [
+        "rip@sr0.service",
+        "transcoded.service",
+        "rafty-store.service",
+        "rafty-replicate.service",
+        "rafty-audit.service",
+    ] {
         let out = run(Command::new(&systemd_analyze)
             .args(["security", "--offline=true", "--no-pager"])
             .arg(dir.join(unit)));

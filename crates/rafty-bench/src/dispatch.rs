@@ -92,7 +92,7 @@ impl Params {
 
 /// Who consumes (and publishes).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Side {
+pub(crate) enum Side {
     /// The library publisher and the product's worker loop.
     Rafty,
     /// Raw lapin publishing, the minimal lapin loop.
@@ -258,7 +258,7 @@ async fn run(url: &str, p: &Params) -> anyhow::Result<Vec<String>> {
 }
 
 /// Publish `n` jobs one confirm at a time into the side's queue; seconds taken.
-async fn publish(
+pub(crate) async fn publish(
     side: Side,
     client: &Client,
     publisher: &Publisher,
@@ -284,7 +284,12 @@ async fn publish(
 
 /// Queue `n` jobs at full speed, then drain them with a new consumer of the side; the intervals
 /// between starts and the seconds from the first start to the last.
-async fn drain(side: Side, url: &str, client: &Client, n: usize) -> anyhow::Result<(usize, f64)> {
+pub(crate) async fn drain(
+    side: Side,
+    url: &str,
+    client: &Client,
+    n: usize,
+) -> anyhow::Result<(usize, f64)> {
     let jobs = (0..n).map(|i| job(format!("dispatch-{i}"))).collect();
     let starts: Vec<Instant> = match side {
         Side::Rafty | Side::RaftyListened => {
@@ -318,8 +323,12 @@ async fn drain(side: Side, url: &str, client: &Client, n: usize) -> anyhow::Resu
             arrivals.iter().map(|a| a.at).collect()
         }
     };
-    client.ensure_empty(WORK_QUEUE).await?;
-    client.ensure_empty(LAPIN_QUEUE).await?;
+    // Only the side's own queue: the cluster group drains the work queue alone.
+    let queue = match side {
+        Side::Rafty | Side::RaftyListened => WORK_QUEUE,
+        Side::Lapin | Side::LapinEvent => LAPIN_QUEUE,
+    };
+    client.ensure_empty(queue).await?;
     let first = starts.iter().min().expect("jobs");
     let last = starts.iter().max().expect("jobs");
     Ok((n - 1, last.duration_since(*first).as_secs_f64()))

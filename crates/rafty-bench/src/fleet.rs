@@ -57,6 +57,7 @@ pub fn job(name: String) -> Job {
             sha256: None,
             label: Some("BENCH_DISC".into()),
             unreadable_sectors: None,
+            url: None,
         },
         name,
         Origin {
@@ -231,11 +232,24 @@ pub struct BenchWorker {
     thread: Option<JoinHandle<Result<Stats, String>>>,
 }
 
-/// Start [`rafty_queue::run`] with `processor` on `url` (exits by itself after `max_jobs`).
+/// Start [`rafty_queue::run`] with `processor` on `url` (exits by itself after `max_jobs`); `url`
+/// may hold several whitespace-separated node URLs, as `RAFTY_AMQP_URL` may.
 pub fn spawn_worker(url: &str, processor: BenchProcessor, max_jobs: Option<u64>) -> BenchWorker {
+    let broker = rafty_queue::Broker::new(url.split_whitespace().map(str::to_owned).collect())
+        .expect("a valid broker URL");
+    spawn_worker_on(broker, processor, max_jobs)
+}
+
+/// Start [`rafty_queue::run`] with `processor` through `broker` (a clone kept by the caller shares
+/// which node is current, so the caller can tell where the loop is connected).
+pub fn spawn_worker_on(
+    broker: rafty_queue::Broker,
+    processor: BenchProcessor,
+    max_jobs: Option<u64>,
+) -> BenchWorker {
     let shutdown = Shutdown::new();
     let opts = ConsumerOptions {
-        url: url.to_owned(),
+        broker,
         app_id: APP.to_owned(),
         host: format!("bench-worker-{}", processor.worker),
         queue: rafty_core::names::WORK_QUEUE.to_owned(),

@@ -15,6 +15,10 @@
 //!   product's loop with a durable queue bound to its `done` events).
 //! - `scaling`: 1, 2 and 4 workers draining jobs of a fixed cost vs the ideal N × 1/cost
 //!   ([`scaling`]). Target ≥ 0.9× ideal at 4.
+//! - `cluster`: a three-node RabbitMQ cluster on this machine vs the bench's one node: dispatch and
+//!   publish rates (the price of replication); fail-over of the product's worker loop and of a
+//!   `Publisher::connect` publisher when their node is SIGKILLed, repeatedly ([`cluster`]). Target:
+//!   the worker consuming again within 2 s (p99).
 //! - `failures`: retryable failure → redelivery vs the rung's TTL, permanent failure → dead-letter
 //!   queue, each vs minimal lapin loops making the same hop on the same broker ([`failures`]).
 //!
@@ -33,11 +37,14 @@ use rafty_core::{Job, Media};
 use rafty_handbrake::{EncodeRequest, HandBrake};
 use rafty_testkit::{Broker, Env, fixture_iso};
 
+mod cluster;
 mod dispatch;
 mod failures;
 mod fleet;
+mod replicate;
 mod rip;
 mod scaling;
+mod store;
 
 /// Rafty's benchmarks.
 #[derive(Debug, Parser)]
@@ -51,7 +58,10 @@ struct Cli {
     write: Option<std::path::PathBuf>,
     /// Run only one group: `worker` (transcoded vs HandBrakeCLI, idle memory), `rip` (rip vs dd),
     /// `dispatch` (worker loop vs a lapin loop: jobs/s, latency, publish rate), `scaling` (1, 2, 4
-    /// workers vs ideal) or `failures` (retry redelivery vs TTL, time to dead letter)
+    /// workers vs ideal), `failures` (retry redelivery vs TTL, time to dead letter), `store`
+    /// (transfers to and from rafty-store vs curl, a cut, a fetching worker vs a local one) or
+    /// `replicate` (replication lag, a copy vs cp, the audit vs sha256sum) or `cluster` (three nodes
+    /// vs one: rates; fail-over when a node is killed)
     #[arg(long, value_name = "GROUP")]
     only: Option<String>,
 }
@@ -59,7 +69,16 @@ struct Cli {
 const PRESET: &str = "Very Fast 480p30";
 
 /// The groups, in the order they run.
-const GROUPS: [&str; 5] = ["worker", "rip", "dispatch", "scaling", "failures"];
+const GROUPS: [&str; 8] = [
+    "worker",
+    "rip",
+    "dispatch",
+    "scaling",
+    "failures",
+    "store",
+    "replicate",
+    "cluster",
+];
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
@@ -131,6 +150,9 @@ fn main() -> anyhow::Result<()> {
     let dispatch_params = dispatch::Params::new(cli.quick);
     let scaling_params = scaling::Params::new(cli.quick);
     let failures_params = failures::Params::new(cli.quick);
+    let store_params = store::Params::new(cli.quick);
+    let replicate_params = replicate::Params::new(cli.quick);
+    let cluster_params = cluster::Params::new(cli.quick);
     eprintln!(
         "rafty-bench: {} mode: {title_secs} s title, {warmup} warm-up, {reps} repetitions",
         if cli.quick { "quick" } else { "full" }
@@ -180,6 +202,28 @@ fn main() -> anyhow::Result<()> {
             t0,
         )?);
     }
+    if wants("store") {
+        let t0 = Instant::now();
+        let env = Env::new(&broker, "bench-store");
+        rows.extend(timed("store", store::bench(&env, &store_params), t0)?);
+    }
+    if wants("replicate") {
+        let t0 = Instant::now();
+        let env = Env::new(&broker, "bench-replicate");
+        rows.extend(timed(
+            "replicate",
+            replicate::bench(&env, &replicate_params),
+            t0,
+        )?);
+    }
+    if wants("cluster") {
+        let t0 = Instant::now();
+        rows.extend(timed(
+            "cluster",
+            cluster::bench(&broker, &cluster_params),
+            t0,
+        )?);
+    }
     let load_after = loadavg();
     let header = "| figure: median (min–max) | Rafty | baseline | ratio of medians | target | |\n|---|---|---|---|---|---|";
     let machine = format!(
@@ -208,7 +252,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!("dispatch: {}", dispatch_params.describe());
     println!("scaling: {}", scaling_params.describe());
-    println!("failures: {}\n", failures_params.describe());
+    println!("failures: {}", failures_params.describe());
+    println!("store: {}", store_params.describe());
+    println!("replicate: {}", replicate_params.describe());
+    println!("cluster: {}\n", cluster_params.describe());
     println!("{table}");
     if let Some(path) = &cli.write {
         let workloads = Workloads {
@@ -218,6 +265,9 @@ fn main() -> anyhow::Result<()> {
             dispatch: dispatch_params.describe(),
             scaling: scaling_params.describe(),
             failures: failures_params.describe(),
+            store: store_params.describe(),
+            replicate: replicate_params.describe(),
+            cluster: cluster_params.describe(),
         };
         write_doc(path, &machine, &load, &workloads, &table)?;
         eprintln!("rafty-bench: wrote {}", path.display());
@@ -291,6 +341,7 @@ fn worker_rows(
                 sha256: None,
                 label: None,
                 unreadable_sectors: None,
+                url: None,
             },
             format!("through-{i}"),
             Origin::default(),
@@ -367,6 +418,9 @@ struct Workloads {
     dispatch: String,
     scaling: String,
     failures: String,
+    store: String,
+    replicate: String,
+    cluster: String,
 }
 
 fn write_doc(
@@ -383,13 +437,17 @@ fn write_doc(
         dispatch,
         scaling,
         failures,
+        store,
+        replicate,
+        cluster,
     } = w;
     let text = format!(
         "# Benchmarks\n\n\
-         Regenerate with `scripts/bench --write docs/benchmarks.md` (a private RabbitMQ node and a fixture ISO\n\
-         are made by the command; nothing else needs to run; about 7 minutes here). CI runs `scripts/bench --quick`\n\
+         Regenerate with `scripts/bench --write docs/benchmarks.md` (a private RabbitMQ node, a three-node\n\
+         cluster and a fixture ISO are made by the command; nothing else needs to run; about 7 minutes here,\n\
+         plus a few for the cluster group's node restarts). CI runs `scripts/bench --quick`\n\
          so the benchmark cannot rot; its figures are not meaningful. `--only GROUP` runs one group: `worker`,\n\
-         `rip`, `dispatch`, `scaling` or `failures`.\n\n\
+         `rip`, `dispatch`, `scaling`, `failures`, `store`, `replicate` or `cluster`.\n\n\
          Machine: {machine}; {load}.\n\n\
          {table}\n\n\
          ## How each figure is measured\n\n\
@@ -430,6 +488,35 @@ fn write_doc(
          lapin loops doing the same hop on queues declared like the product's (consume; publish a copy with a\n\
          confirm to a TTL queue like the rung, or to a fanout exchange bound to a quorum queue; ack; a second\n\
          loop consumes where the copy lands). Sizes: {failures}.\n\n\
+         Store (workers without shared storage). The real `rafty-store` on loopback; Rafty's client\n\
+         (streamed SHA-256, fsync) against `curl` from the same store (then an fsync of its file), in turns;\n\
+         uploads: Rafty's offer, PATCH and commit against curl making the same three requests. A cut: a TCP\n\
+         proxy drops the first connection after 40 % of the image; the client resumes with `Range`/`If-Range`;\n\
+         bytes received twice are counted by the client, bytes sent twice from the store's `image served`\n\
+         log (these include what the kernel's socket buffers held when the connection died, which no resume\n\
+         can save). One job through a worker that fetches the image and sends the output back, against the\n\
+         same job on a worker that reads the image where it is; the allowance is 1.05 × local plus the\n\
+         transfer of the image and the output at the rates measured above. Sizes: {store}.\n\n\
+         Replicate (docs/replicate.md). The real `rafty-replicate` with one directory destination on this\n\
+         machine's disk. Lag: a video and its sidecar are put in the library as a worker does and its `done`\n\
+         event published; the figure is the time until its copy appears at the destination, which is the\n\
+         moment it was verified (a copy takes its name only after it read back right), one video at a time.\n\
+         Copy: one large object from its event to its verified copy (hashed on the way, fsynced, read back,\n\
+         renamed) against `cp` + `sync FILE` of the same file; both read a warm page cache. Audit: `raftyctl\n\
+         audit --dest library` (every video and sidecar read whole and hashed, the ledger updated) against\n\
+         `sha256sum` over the same files, in turns. Sizes: {replicate}.\n\n\
+         Cluster (docs/cluster.md). Three RabbitMQ nodes on this machine, started once for the group by the\n\
+         test kit from the shipped config/rabbitmq-cluster.conf. Rates: the publish rate and the dispatch\n\
+         rate measured as above (library publisher, one confirm per job; the product's loop draining a\n\
+         queued batch), on the cluster used through one node and on the bench's one node, in turns; the\n\
+         ratio is the price of replication (each quorum-queue commit waits for a second node). Fail-over:\n\
+         the product's worker loop, connected through a `Broker` holding the three nodes' URLs, consumes a\n\
+         backlog (each job costs a few milliseconds) while a `Publisher::connect` publisher on the same node\n\
+         publishes one confirm at a time; that node is SIGKILLed. The figures are the time from the signal\n\
+         to the worker's next job start through another node, and the publisher's longest gap between two\n\
+         confirms across the kill, next to its longest gap in the moment before it. The node is restarted on\n\
+         its data, and every queue caught up, before the next kill; on 3 nodes of one 2-core machine the\n\
+         figures include the machine's contention. p99 of a few kills is their maximum. Sizes: {cluster}.\n\n\
          ## Reading the figures\n\n\
          The worker's overhead is nearly constant per job: two HandBrake scans (the source, to pick the\n\
          title and learn its length; the output, to verify it) of ~0.3 s each, plus milliseconds of broker\n\

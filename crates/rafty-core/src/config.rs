@@ -6,7 +6,7 @@
 //!
 //! Where the file comes from: `--config F`, else the environment variable [`ENV_CONFIG`], else
 //! [`DEFAULT_CONFIG_PATH`] if it exists, else the built-in defaults. [`ENV_AMQP_URL`] overrides
-//! `[broker] url` and `url-file`.
+//! `[broker] url`, `urls` and `url-file`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +32,10 @@ pub struct Config {
     pub rip: RipConfig,
     /// The transcode worker.
     pub transcode: TranscodeConfig,
+    /// `rafty-store`, and the workers and producers that use it (docs/store.md).
+    pub store: StoreConfig,
+    /// `rafty-replicate`, `raftyctl audit` and `raftyctl restore-test` (docs/replicate.md).
+    pub replicate: ReplicateConfig,
     /// `[notify]`: read and checked by `rafty-notify` (docs/notifications.md); the other programs
     /// accept it so that one file serves them all.
     pub notify: Option<toml::Table>,
@@ -41,23 +45,36 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct BrokerConfig {
-    /// AMQP URL, e.g. `amqp://user:password@host:5672/%2f?heartbeat=15`.
-    pub url: String,
-    /// A file holding the URL, so credentials stay out of the config. A relative path is looked up in
-    /// `$CREDENTIALS_DIRECTORY` when systemd sets it (`LoadCredential=amqp-url` → `url-file = "amqp-url"`).
-    /// Takes precedence over `url`.
+    /// AMQP URL of a one-node broker, e.g. `amqp://user:password@host:5672/%2f?heartbeat=15`: the
+    /// shorthand for `urls = [url]`. Default [`DEFAULT_AMQP_URL`]. Setting both `url` and `urls` is an
+    /// error.
+    pub url: Option<String>,
+    /// AMQP URLs of every node of a RabbitMQ cluster (docs/cluster.md). Each program starts at a node
+    /// chosen from its host name and pid (so a fleet spreads over the nodes), and moves to the next one
+    /// when a node cannot be reached or is lost.
+    pub urls: Vec<String>,
+    /// A file holding the URL, or several whitespace-separated URLs (one per line, say), so credentials
+    /// stay out of the config. A relative path is looked up in `$CREDENTIALS_DIRECTORY` when systemd
+    /// sets it (`LoadCredential=amqp-url` → `url-file = "amqp-url"`). Takes precedence over `url` and
+    /// `urls`.
     pub url_file: Option<PathBuf>,
     /// How long to wait for the broker to confirm a publish before calling it failed.
     #[serde(deserialize_with = "de_duration")]
     pub confirm_timeout: Duration,
+    /// The RabbitMQ management API (`http://user:password@mq1:15672`), read by `raftyctl setup` and
+    /// `status` only, to show each queue's members and warn when a queue has fewer replicas than the
+    /// cluster has nodes (docs/cluster.md). Unset: members are not shown.
+    pub management_url: Option<String>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            url: DEFAULT_AMQP_URL.to_owned(),
+            url: None,
+            urls: Vec::new(),
             url_file: None,
             confirm_timeout: Duration::from_secs(30),
+            management_url: None,
         }
     }
 }
@@ -238,8 +255,111 @@ impl Default for TranscodeConfig {
     }
 }
 
+/// `[store]`: the image and media store served by `rafty-store` on the machine that holds them, for
+/// workers that share no file system with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StoreConfig {
+    /// Where `rafty-store` listens, e.g. `0.0.0.0:8766`.
+    pub listen: std::net::SocketAddr,
+    /// The store's URL as workers reach it, e.g. `https://nas.example:8766`. Set on a producer, jobs
+    /// carry `source.url` (and `source.sha256`); set on a worker, sources it cannot read locally are
+    /// fetched from here and their outputs sent back. Unset: no store.
+    pub url: Option<String>,
+    /// Bearer tokens, one per line. On the store: every token it accepts (delete a line to revoke one
+    /// machine's); on a worker: the first line is its own. A relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` when systemd sets it (`LoadCredential=store-token`).
+    pub token_file: Option<PathBuf>,
+    /// PEM file of CA certificates the store's certificate must chain to (an `https` URL); unset: the
+    /// system's certificate authorities.
+    pub ca_file: Option<PathBuf>,
+    /// The store's certificate chain (PEM); with `tls-key`, `rafty-store` serves HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// The store's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// A transfer that moves no byte for this long is cut and resumed.
+    #[serde(deserialize_with = "de_duration")]
+    pub stall_timeout: Duration,
+    /// How long a worker keeps resuming one transfer before it gives the job to the retry ladder.
+    #[serde(deserialize_with = "de_duration")]
+    pub resume_for: Duration,
+}
+
+/// `[replicate]`: the copies of the library kept elsewhere, and their ledger (docs/replicate.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ReplicateConfig {
+    /// The ledger: every object's size and SHA-256 and when each copy was last verified. It is
+    /// copied to every destination too, so a lost disk cannot take it alone.
+    pub ledger: PathBuf,
+    /// A destination away this long is reported (a `rafty.replicate.away` event and a warning).
+    #[serde(deserialize_with = "de_duration")]
+    pub away_after: Duration,
+    /// How often a destination that is away is tried again.
+    #[serde(deserialize_with = "de_duration")]
+    pub probe_interval: Duration,
+    /// A copy not verified for this long is `STALE` in `raftyctl audit`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    /// Where copies go: a directory (`file:///mnt/usb/rafty`) or an S3 bucket (`s3://bucket/prefix`).
+    pub destinations: Vec<Destination>,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        ReplicateConfig {
+            ledger: PathBuf::from("/var/lib/rafty/ledger.json"),
+            away_after: Duration::from_secs(600),
+            probe_interval: Duration::from_secs(5),
+            max_age: Duration::from_secs(35 * 24 * 3600),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+/// One place copies go (`[[replicate.destinations]]` or an inline table in `destinations`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Destination {
+    /// Its name in logs, queues (`rafty.replicate.NAME`) and `raftyctl audit --dest`.
+    pub name: String,
+    /// `file:///absolute/dir` (the directory must exist: a missing one is a disk not mounted) or
+    /// `s3://bucket/optional/prefix`.
+    pub url: String,
+    /// S3: the endpoint of an S3-compatible server (`http://nas2:9000`); unset: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3: the region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3: the access key id (unset: `AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3: a file holding the secret access key (unset: `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// S3: allow a plain `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8766)),
+            url: None,
+            token_file: None,
+            ca_file: None,
+            tls_cert: None,
+            tls_key: None,
+            stall_timeout: Duration::from_secs(30),
+            resume_for: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Output container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Container {
     /// Matroska (`.mkv`, HandBrake's `av_mkv`).
@@ -322,29 +442,72 @@ impl Loaded {
         }
     }
 
-    /// The broker URL: [`ENV_AMQP_URL`], else `url-file`, else `url`.
-    pub fn amqp_url(&self) -> Result<String, ConfigError> {
-        if let Ok(url) = std::env::var(ENV_AMQP_URL)
-            && !url.trim().is_empty()
-        {
-            return Ok(url.trim().to_owned());
+    /// The broker's node URLs, in the order given: [`ENV_AMQP_URL`] (whitespace-separated), else
+    /// `url-file` (whitespace-separated), else `urls`, else `url`, else [`DEFAULT_AMQP_URL`]. Each is
+    /// checked ([`check_amqp_url`]); an error names the URL with its password masked.
+    pub fn amqp_urls(&self) -> Result<Vec<String>, ConfigError> {
+        let invalid = |from: &str, message: String| ConfigError::Invalid {
+            path: format!("{} ({from})", self.source_name()),
+            message,
+        };
+        let split =
+            |text: &str| -> Vec<String> { text.split_whitespace().map(str::to_owned).collect() };
+        let b = &self.config.broker;
+        if b.url.is_some() && !b.urls.is_empty() {
+            return Err(invalid(
+                "[broker]",
+                "url and urls are both set: keep urls (the list of every node), or url for one node"
+                    .into(),
+            ));
         }
-        if let Some(file) = &self.config.broker.url_file {
+        let (from, urls) = if let Ok(text) = std::env::var(ENV_AMQP_URL)
+            && !text.trim().is_empty()
+        {
+            (format!("${ENV_AMQP_URL}"), split(&text))
+        } else if let Some(file) = &self.config.broker.url_file {
             // A relative url-file names a systemd credential (LoadCredential=), found in the unit's
             // own credentials directory, so one config serves every unit.
             let file = match std::env::var_os("CREDENTIALS_DIRECTORY") {
                 Some(dir) if file.is_relative() => PathBuf::from(dir).join(file),
                 _ => file.clone(),
             };
-            return std::fs::read_to_string(&file)
-                .map(|s| s.trim().to_owned())
-                .map_err(|source| ConfigError::UrlFile {
-                    path: file,
-                    config: self.source_name(),
-                    source,
-                });
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::UrlFile {
+                path: file.clone(),
+                config: self.source_name(),
+                source,
+            })?;
+            let urls = split(&text);
+            if urls.is_empty() {
+                return Err(invalid(
+                    "[broker] url-file",
+                    format!("{} holds no broker URL", file.display()),
+                ));
+            }
+            (format!("[broker] url-file {}", file.display()), urls)
+        } else if !self.config.broker.urls.is_empty() {
+            ("[broker] urls".to_owned(), self.config.broker.urls.clone())
+        } else {
+            let url = self
+                .config
+                .broker
+                .url
+                .as_deref()
+                .unwrap_or(DEFAULT_AMQP_URL);
+            ("[broker] url".to_owned(), vec![url.trim().to_owned()])
+        };
+        for url in &urls {
+            check_amqp_url(url).map_err(|message| invalid(&from, message))?;
         }
-        Ok(self.config.broker.url.clone())
+        Ok(urls)
+    }
+
+    /// The `[store] token-file` path in effect (a relative path names a systemd credential).
+    pub fn store_token_file(&self) -> Option<PathBuf> {
+        let file = self.config.store.token_file.as_ref()?;
+        Some(match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if file.is_relative() => PathBuf::from(dir).join(file),
+            _ => file.clone(),
+        })
     }
 
     /// This machine's name as reported to others.
@@ -407,6 +570,19 @@ impl Loaded {
             path: self.source_name(),
             message,
         };
+        let b = &self.config.broker;
+        if b.url.is_some() && !b.urls.is_empty() {
+            return Err(invalid(
+                "[broker] url and urls are both set: keep urls (the list of every node), or url for one node"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &b.url {
+            check_amqp_url(url).map_err(|m| invalid(format!("[broker] url: {m}")))?;
+        }
+        for url in &b.urls {
+            check_amqp_url(url).map_err(|m| invalid(format!("[broker] urls: {m}")))?;
+        }
         let t = &self.config.transcode;
         for (key, value) in [
             (
@@ -416,9 +592,52 @@ impl Loaded {
             ("[rip] broker-timeout", self.config.rip.broker_timeout),
             ("[transcode] stall-timeout", t.stall_timeout),
             ("[transcode] heartbeat-interval", t.heartbeat_interval),
+            ("[store] stall-timeout", self.config.store.stall_timeout),
+            (
+                "[replicate] probe-interval",
+                self.config.replicate.probe_interval,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(format!("{key} must be longer than zero")));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for d in &self.config.replicate.destinations {
+            let ok_name = !d.name.is_empty()
+                && d.name != "library"
+                && d.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok_name {
+                return Err(invalid(format!(
+                    "[replicate] destinations: name {:?} must be letters, digits, '-' or '_' (and not \"library\", which names the library itself)",
+                    d.name
+                )));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(invalid(format!(
+                    "[replicate] destinations: two destinations are named {:?}",
+                    d.name
+                )));
+            }
+            let file = d.url.strip_prefix("file://");
+            let s3 = d.url.strip_prefix("s3://");
+            match (file, s3) {
+                (Some(path), _) if path.starts_with('/') => {}
+                (Some(_), _) => {
+                    return Err(invalid(format!(
+                        "[replicate] destination {}: {} must be an absolute path, e.g. file:///mnt/usb/rafty",
+                        d.name, d.url
+                    )));
+                }
+                (_, Some(rest)) if !rest.is_empty() && !rest.starts_with('/') => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "[replicate] destination {}: {} is neither file:///dir nor s3://bucket/prefix",
+                        d.name, d.url
+                    )));
+                }
             }
         }
         let r = &self.config.rip;
@@ -456,6 +675,20 @@ impl Loaded {
         if t.delivery_limit == 0 {
             return Err(invalid(
                 "[transcode] delivery-limit must be at least 1".into(),
+            ));
+        }
+        let s = &self.config.store;
+        if let Some(url) = &s.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "[store] url = {url:?} must be an http:// or https:// URL, e.g. \"https://nas:8766\""
+            )));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(invalid(
+                "[store] tls-cert and tls-key go together: set both to serve HTTPS, or neither"
+                    .into(),
             ));
         }
         for (from, to) in &t.path_map {
@@ -563,6 +796,61 @@ fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Err
         .collect()
 }
 
+/// Check that `url` can be an AMQP URL (`amqp://` or `amqps://`, a host); the message names it with its
+/// password masked ([`mask_url`]) and says what to write.
+pub fn check_amqp_url(url: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "{}: {why}: write amqp://user:password@host:5672/vhost (or amqps://…:5671/…)",
+            mask_url(url)
+        ))
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("not an AMQP URL");
+    };
+    if scheme != "amqp" && scheme != "amqps" {
+        return bad("the scheme must be amqp or amqps");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') {
+        return bad("no host");
+    }
+    Ok(())
+}
+
+/// A URL component (a vhost, a user, a password, a query value) with its `%XX` escapes decoded; an
+/// escape that is not two hex digits stays as written, and bytes that are not UTF-8 become U+FFFD.
+pub fn url_decode(component: &str) -> String {
+    percent_encoding::percent_decode_str(component)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The URL with its password replaced by `***`, for logs and messages. The password ends at the last
+/// `@`, so one holding `/`, `?` or `#` unencoded is masked too; a string that is not a URL but holds
+/// an `@` is not shown at all.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') {
+            "(a broker URL that does not parse; not shown because it may hold a password)"
+                .to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = rest.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{host}"),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,5 +919,97 @@ mod tests {
         let err = Config::load(Some(&missing)).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls_and_url_with_urls_is_refused() {
+        let dir = tempdir("urls");
+        let file = dir.join("cluster.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nurls = [\"amqp://u:p@mq1:5672/%2f\", \"amqp://u:p@mq2:5672/%2f\", \"amqp://u:p@mq3:5672/%2f\"]\n",
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&file)).unwrap();
+        if std::env::var_os(ENV_AMQP_URL).is_none() {
+            assert_eq!(loaded.amqp_urls().unwrap().len(), 3);
+        }
+        std::fs::write(
+            &file,
+            "[broker]\nurl = \"amqp://u:p@mq1/%2f\"\nurls = [\"amqp://u:p@mq2/%2f\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("url and urls"),
+            "{err}"
+        );
+        std::fs::write(
+            &file,
+            "[broker]\nurls = [\"amqp://u:p@mq1/%2f\", \"http://u:secret@mq2/\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains(&file.display().to_string())
+                && err.contains("http://u:***@mq2/")
+                && !err.contains("secret"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_url_file_may_hold_several_whitespace_separated_urls() {
+        let dir = tempdir("url-file");
+        let urls = dir.join("amqp-urls");
+        std::fs::write(
+            &urls,
+            "amqp://u:p@mq1:5672/%2f\n  amqp://u:p@mq2:5672/%2f\tamqp://u:p@mq3:5672/%2f\n",
+        )
+        .unwrap();
+        let file = dir.join("rafty.toml");
+        std::fs::write(
+            &file,
+            format!("[broker]\nurl-file = \"{}\"\n", urls.display()),
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&file)).unwrap();
+        if std::env::var_os(ENV_AMQP_URL).is_none() {
+            assert_eq!(
+                loaded.amqp_urls().unwrap(),
+                [
+                    "amqp://u:p@mq1:5672/%2f",
+                    "amqp://u:p@mq2:5672/%2f",
+                    "amqp://u:p@mq3:5672/%2f"
+                ]
+            );
+            std::fs::write(&urls, "amqp://u:p@mq1/%2f mq2:5672\n").unwrap();
+            let err = loaded.amqp_urls().unwrap_err().to_string();
+            assert!(
+                err.contains("url-file") && err.contains("mq2:5672"),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert!(check_amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=15").is_ok());
+        assert!(check_amqp_url("amqps://h/v").is_ok());
+        assert!(check_amqp_url("amqp://u:p@:5672/").is_err());
+        let err = check_amqp_url("mq1:5672").unwrap_err();
+        assert!(err.contains("mq1:5672") && err.contains("amqp://"), "{err}");
+    }
+
+    fn tempdir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rafty-config-{what}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

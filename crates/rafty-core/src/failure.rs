@@ -63,6 +63,14 @@ pub enum Failure {
     OutputConflict(String),
     /// The worker was asked to stop in the middle of the job.
     Shutdown,
+    /// `rafty-store` could not be reached or did not answer well (down, cut, a server error) for
+    /// longer than the worker resumes a transfer.
+    StoreUnavailable(String),
+    /// `rafty-store` refused this worker's token: the worker's fault, not the job's, so the job goes
+    /// back to the queue and the worker stops taking jobs until its token works.
+    StoreUnauthorized(String),
+    /// The image fetched from the store twice did not have the job's SHA-256 (both digests named).
+    SourceCorrupt(String),
     /// The broker did not take what the job needed to publish (title jobs, an event): not the job's
     /// fault, so it goes back to the queue.
     Broker(String),
@@ -85,6 +93,9 @@ impl Failure {
             Failure::OutputConflict(_) => "output-conflict",
             Failure::Shutdown => "shutdown",
             Failure::Broker(_) => "broker",
+            Failure::StoreUnavailable(_) => "store-unavailable",
+            Failure::StoreUnauthorized(_) => "store-unauthorized",
+            Failure::SourceCorrupt(_) => "source-corrupt",
         }
     }
 }
@@ -107,6 +118,9 @@ impl fmt::Display for Failure {
             Failure::OutputConflict(m) => write!(f, "output name taken: {m}"),
             Failure::Shutdown => write!(f, "the worker was asked to stop"),
             Failure::Broker(m) => write!(f, "the broker did not take a publish: {m}"),
+            Failure::StoreUnavailable(m) => write!(f, "store unavailable: {m}"),
+            Failure::StoreUnauthorized(m) => write!(f, "store refused this worker: {m}"),
+            Failure::SourceCorrupt(m) => write!(f, "source corrupt: {m}"),
         }
     }
 }
@@ -117,7 +131,8 @@ pub fn classify(failure: &Failure) -> Class {
         Failure::BadMessage(_)
         | Failure::SourceOutsideRoots(_)
         | Failure::UnknownPreset(_)
-        | Failure::OutputConflict(_) => Class::Permanent,
+        | Failure::OutputConflict(_)
+        | Failure::SourceCorrupt(_) => Class::Permanent,
         // 2: no title, unreadable source, unknown preset: the same input gives the same answer.
         Failure::HandBrakeExit { code: 2, .. } => Class::Permanent,
         // 3 is an initialisation or output failure; 1 is a cancel the worker did not ask for; anything
@@ -128,8 +143,9 @@ pub fn classify(failure: &Failure) -> Class {
         | Failure::Stalled(_)
         | Failure::OutputUnwritable(_)
         | Failure::DiskFull(_)
-        | Failure::OutputTruncated(_) => Class::Retryable,
-        Failure::Shutdown | Failure::Broker(_) => Class::Requeue,
+        | Failure::OutputTruncated(_)
+        | Failure::StoreUnavailable(_) => Class::Retryable,
+        Failure::Shutdown | Failure::Broker(_) | Failure::StoreUnauthorized(_) => Class::Requeue,
     }
 }
 
@@ -158,6 +174,9 @@ mod tests {
             (Failure::HandBrakeKilled(m()), Class::Retryable),
             (Failure::Shutdown, Class::Requeue),
             (Failure::Broker(m()), Class::Requeue),
+            (Failure::StoreUnavailable(m()), Class::Retryable),
+            (Failure::StoreUnauthorized(m()), Class::Requeue),
+            (Failure::SourceCorrupt(m()), Class::Permanent),
         ];
         for (failure, want) in table {
             assert_eq!(classify(&failure), want, "{failure:?}");

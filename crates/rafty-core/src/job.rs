@@ -83,6 +83,11 @@ pub struct Source {
     /// Sectors the ripper could not read (left as zeros), when it was told to accept holes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable_sectors: Option<u64>,
+    /// Where `rafty-store` serves the image (`<store>/v1/images/<path>`), for workers that cannot
+    /// read `path`. Requires `sha256`. A worker fetches only from the store in its own config: it
+    /// takes the image's place in that store from this URL, never the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Kinds of disc; each has its own routing key `rafty.rip.iso.<media>`.
@@ -314,6 +319,11 @@ impl Job {
                     part.output
                 )));
             }
+        }
+        if self.source.url.is_some() && self.source.sha256.is_none() {
+            return Err(JobError::Invalid(
+                "source.url is set but source.sha256 is not: a fetched image cannot be checked without it".into(),
+            ));
         }
         let path = &self.source.path;
         if path.as_os_str().as_encoded_bytes().contains(&0) {

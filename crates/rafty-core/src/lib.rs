@@ -13,7 +13,9 @@ pub mod job;
 pub mod label;
 pub mod logging;
 pub mod names;
+pub mod output;
 pub mod paths;
+pub mod store;
 pub mod wire;
 
 pub use config::{Config, ConfigError};

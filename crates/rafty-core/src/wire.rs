@@ -54,6 +54,57 @@ pub struct Progress {
     pub eta_secs: Option<u64>,
 }
 
+/// Which way a transfer between a worker and `rafty-store` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// The job's disc image, from the store to the worker's scratch directory.
+    Download,
+    /// A verified output, from the worker to the store's media library.
+    Upload,
+}
+
+impl Direction {
+    /// `download` or `upload`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Download => "download",
+            Direction::Upload => "upload",
+        }
+    }
+}
+
+/// How far a transfer to or from `rafty-store` is, every two seconds and when it ends
+/// (`rafty.transcode.transfer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Transfer {
+    /// The job id.
+    pub id: Uuid,
+    /// The worker's host (empty when a third-party producer left it out).
+    #[serde(default)]
+    pub host: String,
+    /// Download (the image) or upload (an output).
+    pub direction: Direction,
+    /// What is transferred: the image's path or the output's name.
+    pub object: String,
+    /// Bytes in place so far.
+    pub bytes: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// 0 to 100.
+    pub percent: f64,
+    /// Bytes per second over the last interval.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Times the transfer was cut and resumed so far.
+    #[serde(default)]
+    pub resumed: u32,
+    /// Whether the transfer is complete (the last event of a transfer).
+    #[serde(default)]
+    pub complete: bool,
+}
+
 /// One output of a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +119,9 @@ pub struct OutputDone {
     pub size: u64,
     /// Whether it was already in place (nothing was encoded).
     pub skipped: bool,
+    /// Its SHA-256 (hex), when the worker recorded one in the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A job's outputs are verified and in place (`rafty.transcode.done`; confirmed before the ack).
@@ -172,6 +226,39 @@ pub struct DiscDone {
     pub outputs: Vec<PathBuf>,
 }
 
+/// A destination of `rafty-replicate` has been away for `[replicate] away-after`
+/// (`rafty.replicate.away`): its backlog waits in its queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReplicaAway {
+    /// The destination's name.
+    pub destination: String,
+    /// Why it is away, as last seen.
+    pub reason: String,
+    /// When it went away (RFC 3339).
+    pub since: String,
+    /// The replicating host.
+    #[serde(default)]
+    pub host: String,
+}
+
+/// `raftyctl audit` finished (`rafty.replicate.audit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AuditDone {
+    /// Copies checked.
+    pub checked: u64,
+    /// Findings (anything but OK), before repair.
+    pub findings: u64,
+    /// Findings mended by `--repair`.
+    pub repaired: u64,
+    /// The first findings, one line each (`VERDICT PLACE KEY: detail`).
+    pub lines: Vec<String>,
+    /// The auditing host.
+    #[serde(default)]
+    pub host: String,
+}
+
 /// What a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -231,6 +318,9 @@ pub struct Activity {
     /// Seconds left, when HandBrake says.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// What the job is doing: `download`, `encode` or `upload` (absent from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// A worker's status: its heartbeat (`rafty.transcode.worker.heartbeat`) and its answer to every
@@ -415,6 +505,7 @@ macro_rules! events {
 events! {
     Started(Started) => EVENTS_EXCHANGE, "rafty.transcode.started";
     Progress(Progress) => EVENTS_EXCHANGE, "rafty.transcode.progress";
+    Transfer(Transfer) => EVENTS_EXCHANGE, "rafty.transcode.transfer";
     Done(Done) => EVENTS_EXCHANGE, "rafty.transcode.done";
     Failed(Failed) => EVENTS_EXCHANGE, "rafty.transcode.failed";
     Split(Split) => EVENTS_EXCHANGE, "rafty.transcode.split";
@@ -423,6 +514,8 @@ events! {
     RipProgress(RipProgress) => RIP_EXCHANGE, "rafty.rip.progress";
     RipDone(RipDone) => RIP_EXCHANGE, "rafty.rip.done";
     RipFailed(RipFailed) => RIP_EXCHANGE, "rafty.rip.failed";
+    ReplicaAway(ReplicaAway) => EVENTS_EXCHANGE, "rafty.replicate.away";
+    AuditDone(AuditDone) => EVENTS_EXCHANGE, "rafty.replicate.audit";
 }
 
 impl Event {
@@ -440,12 +533,17 @@ impl Event {
         match self {
             Event::Started(e) => Some(e.id.to_string()),
             Event::Progress(e) => Some(e.id.to_string()),
+            Event::Transfer(e) => Some(e.id.to_string()),
             Event::Done(e) => Some(e.id.to_string()),
             Event::Failed(e) => Some(e.id.clone()),
             Event::Split(e) => Some(e.id.to_string()),
             Event::DiscDone(e) => Some(e.disc.to_string()),
             Event::RipDone(e) => Some(e.job.to_string()),
-            Event::Heartbeat(_) | Event::RipProgress(_) | Event::RipFailed(_) => None,
+            Event::Heartbeat(_)
+            | Event::RipProgress(_)
+            | Event::RipFailed(_)
+            | Event::ReplicaAway(_)
+            | Event::AuditDone(_) => None,
         }
     }
 
@@ -454,6 +552,7 @@ impl Event {
         match self {
             Event::Started(e) => &e.host,
             Event::Progress(e) => &e.host,
+            Event::Transfer(e) => &e.host,
             Event::Done(e) => &e.host,
             Event::Failed(e) => &e.host,
             Event::Split(e) => &e.host,
@@ -462,6 +561,8 @@ impl Event {
             Event::RipProgress(e) => &e.host,
             Event::RipDone(e) => &e.host,
             Event::RipFailed(e) => &e.host,
+            Event::ReplicaAway(e) => &e.host,
+            Event::AuditDone(e) => &e.host,
         }
     }
 }
@@ -545,6 +646,7 @@ mod tests {
                 duration_secs: 45.0,
                 size: 10,
                 skipped: false,
+                sha256: None,
             }],
             skipped: false,
             attempt: 0,

@@ -41,15 +41,23 @@ pub enum EventKind {
     /// `rafty.rip.failed` on `rafty.rip`: a rip ended without a job.
     #[serde(rename = "rip.failed")]
     RipFailed,
+    /// `rafty.replicate.away` on `rafty.transcode`: a destination of rafty-replicate stayed away.
+    #[serde(rename = "replicate.away")]
+    ReplicaAway,
+    /// `rafty.replicate.audit` on `rafty.transcode`: `raftyctl audit` finished.
+    #[serde(rename = "replicate.audit")]
+    Audit,
 }
 
 impl EventKind {
     /// Every kind, in the order of the docs.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::TranscodeDone,
         EventKind::TranscodeFailed,
         EventKind::RipDone,
         EventKind::RipFailed,
+        EventKind::ReplicaAway,
+        EventKind::Audit,
     ];
 
     /// The name used in `[notify] events`, e.g. `transcode.done`.
@@ -59,24 +67,25 @@ impl EventKind {
             EventKind::TranscodeFailed => "transcode.failed",
             EventKind::RipDone => "rip.done",
             EventKind::RipFailed => "rip.failed",
+            EventKind::ReplicaAway => "replicate.away",
+            EventKind::Audit => "replicate.audit",
         }
     }
 
     /// The exchange the event is published on.
     pub fn exchange(self) -> &'static str {
         match self {
-            EventKind::TranscodeDone | EventKind::TranscodeFailed => EVENTS_EXCHANGE,
+            EventKind::TranscodeDone
+            | EventKind::TranscodeFailed
+            | EventKind::ReplicaAway
+            | EventKind::Audit => EVENTS_EXCHANGE,
             EventKind::RipDone | EventKind::RipFailed => RIP_EXCHANGE,
         }
     }
 
     /// Its routing key, e.g. `rafty.transcode.done`.
     pub fn routing_key(self) -> String {
-        let suffix = match self {
-            EventKind::TranscodeDone | EventKind::RipDone => "done",
-            EventKind::TranscodeFailed | EventKind::RipFailed => "failed",
-        };
-        format!("{}.{suffix}", self.exchange())
+        format!("rafty.{}", self.name())
     }
 
     /// The kind of a delivery, from its routing key.
@@ -86,7 +95,10 @@ impl EventKind {
 
     /// Whether the event reports a failure.
     pub fn is_failure(self) -> bool {
-        matches!(self, EventKind::TranscodeFailed | EventKind::RipFailed)
+        matches!(
+            self,
+            EventKind::TranscodeFailed | EventKind::RipFailed | EventKind::ReplicaAway
+        )
     }
 }
 
@@ -259,8 +271,8 @@ pub struct Settings {
     pub loaded: Loaded,
     /// `[notify]`.
     pub notify: NotifyConfig,
-    /// The broker URL (`$RAFTY_AMQP_URL`, `[broker] url-file` or `url`).
-    pub url: String,
+    /// The broker's node URLs (`$RAFTY_AMQP_URL`, `[broker] url-file`, `urls` or `url`).
+    pub urls: Vec<String>,
 }
 
 /// Load the file the way every Rafty program finds it: `explicit` must exist; otherwise
@@ -312,11 +324,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, Error> {
         path: Some(path.to_path_buf()),
     };
     check_shared(&loaded)?;
-    let url = loaded.amqp_url()?;
+    let urls = loaded.amqp_urls()?;
     Ok(Settings {
         loaded,
         notify,
-        url,
+        urls,
     })
 }
 
@@ -409,12 +421,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.notify.queue, "rafty.notify");
         assert_eq!(s.notify.retry_delay, Duration::from_secs(30));
-        assert_eq!(s.notify.event_set().len(), 4);
+        assert_eq!(s.notify.event_set().len(), EventKind::ALL.len());
         assert_eq!(s.loaded.host(), "attic-pc");
         assert_eq!(s.loaded.config.transcode.retry_delays.len(), 2);
         assert_eq!(s.loaded.config.transcode.path_map.len(), 1);
         if std::env::var_os("RAFTY_AMQP_URL").is_none() {
-            assert_eq!(s.url, "amqp://u:p@b:5672/%2f");
+            assert_eq!(s.urls, ["amqp://u:p@b:5672/%2f"]);
         }
     }
 

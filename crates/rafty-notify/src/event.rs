@@ -45,6 +45,18 @@ struct Fields {
     image: Option<String>,
     size: Option<u64>,
     exit: Option<i64>,
+    destination: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    checked: Option<u64>,
+    findings: Option<u64>,
+    repaired: Option<u64>,
+    lines: Option<Vec<String>>,
+}
+
+/// Whether an audit event has findings that were not mended.
+fn b_unmended(f: &Fields) -> bool {
+    f.findings.unwrap_or(0) > f.repaired.unwrap_or(0)
 }
 
 /// A text field, unless blank.
@@ -155,7 +167,8 @@ impl Event {
     fn gave_up(&self) -> bool {
         match self.kind {
             EventKind::TranscodeFailed => text(&self.fields.next) == Some(wire::NEXT_DEAD_LETTER),
-            EventKind::RipFailed => true,
+            EventKind::RipFailed | EventKind::ReplicaAway => true,
+            EventKind::Audit => b_unmended(&self.fields),
             _ => false,
         }
     }
@@ -235,6 +248,36 @@ impl Event {
                 let exit = b.exit.map(|e| format!(" (exit {e})")).unwrap_or_default();
                 format!("rip of {device} failed{}: {error}{exit}", self.host_part())
             }
+            EventKind::ReplicaAway => {
+                let dest = text(&b.destination).unwrap_or("a destination");
+                let since = text(&b.since)
+                    .map(|s| format!(" since {s}"))
+                    .unwrap_or_default();
+                let reason = text(&b.reason).unwrap_or("no reason given");
+                format!("destination {dest} is away{since}; its copies wait in its queue: {reason}")
+            }
+            EventKind::Audit => {
+                let checked = b.checked.unwrap_or(0);
+                match b.findings.unwrap_or(0) {
+                    0 => format!(
+                        "audit{}: {checked} copies checked, all good",
+                        self.host_part()
+                    ),
+                    n => {
+                        let repaired = b.repaired.unwrap_or(0);
+                        let first = b
+                            .lines
+                            .as_ref()
+                            .and_then(|l| l.first())
+                            .map(|l| format!("; first: {l}"))
+                            .unwrap_or_default();
+                        format!(
+                            "audit{}: {n} finding(s) in {checked} copies checked, {repaired} repaired{first}",
+                            self.host_part()
+                        )
+                    }
+                }
+            }
         };
         truncate(text)
     }
@@ -252,6 +295,14 @@ impl Event {
                 Some(d) => format!("Rafty: rip of {d} failed"),
                 None => "Rafty: rip failed".to_owned(),
             },
+            EventKind::ReplicaAway => match text(&self.fields.destination) {
+                Some(d) => format!("Rafty: destination {d} away"),
+                None => "Rafty: a destination is away".to_owned(),
+            },
+            EventKind::Audit if b_unmended(&self.fields) => {
+                "Rafty: the audit found problems".to_owned()
+            }
+            EventKind::Audit => "Rafty: audit clean".to_owned(),
         };
         truncate(title)
     }
@@ -264,6 +315,9 @@ impl Event {
             EventKind::TranscodeFailed => "warning,movie_camera",
             EventKind::RipDone => "white_check_mark,cd",
             EventKind::RipFailed => "x,cd",
+            EventKind::ReplicaAway => "warning,floppy_disk",
+            EventKind::Audit if self.gave_up() => "x,floppy_disk",
+            EventKind::Audit => "white_check_mark,floppy_disk",
         }
     }
 
@@ -382,6 +436,38 @@ mod tests {
             rip_failed.text(),
             "rip of /dev/sr0 failed on attic-pc: 12 sectors unreadable (exit 74)"
         );
+    }
+
+    #[test]
+    fn replication_events_say_what_needs_doing() {
+        let away = event(
+            EventKind::ReplicaAway,
+            json!({"destination": "usb", "reason": "/mnt/usb/rafty: No such file or directory",
+                   "since": "2026-11-23T16:58:18Z", "host": "nas"}),
+        );
+        assert_eq!(
+            away.text(),
+            "destination usb is away since 2026-11-23T16:58:18Z; its copies wait in its queue: /mnt/usb/rafty: No such file or directory"
+        );
+        assert_eq!(away.title(), "Rafty: destination usb away");
+        assert_eq!(away.priority(), Some("high"));
+        let found = event(
+            EventKind::Audit,
+            json!({"checked": 10, "findings": 2, "repaired": 1, "lines": ["CORRUPT usb iso/A.iso: x"], "host": "nas"}),
+        );
+        assert_eq!(
+            found.text(),
+            "audit on nas: 2 finding(s) in 10 copies checked, 1 repaired; first: CORRUPT usb iso/A.iso: x"
+        );
+        assert_eq!(found.title(), "Rafty: the audit found problems");
+        assert_eq!(found.priority(), Some("high"));
+        let clean = event(
+            EventKind::Audit,
+            json!({"checked": 10, "findings": 1, "repaired": 1, "lines": [], "host": "nas"}),
+        );
+        assert_eq!(clean.title(), "Rafty: audit clean");
+        assert_eq!(clean.priority(), None);
+        assert!(found.wire.is_ok() && away.wire.is_ok(), "{:?}", found.wire);
     }
 
     #[test]

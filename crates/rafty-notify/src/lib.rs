@@ -2,8 +2,8 @@
 //! done or failed, and nothing missed while the notifier is down.
 //!
 //! It declares its own durable quorum queue (`[notify] queue`, default `rafty.notify`), bound to the
-//! `rafty.transcode` exchange with `rafty.transcode.done` and `.failed` and to `rafty.rip` with
-//! `rafty.rip.done` and `.failed`, so events published while it is stopped wait for it. It declares the
+//! `rafty.transcode` exchange with `rafty.transcode.done` and `.failed` (and rafty-replicate's
+//! `rafty.replicate.away` and `.audit`) and to `rafty.rip` with `rafty.rip.done` and `.failed`, so events published while it is stopped wait for it. It declares the
 //! rest of Rafty's topology as well (every program does), so the exchanges exist.
 //!
 //! It consumes that queue with prefetch 1 and hands each event to every target ([`target`]); the
@@ -34,8 +34,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection};
 use rafty_core::wire;
 use rafty_queue::{
-    ConsumerOptions, Ensured, Incoming, Outcome, Processor, Publisher, SessionTasks, Settled,
-    Topology, mask_url,
+    Broker, ConsumerOptions, Ensured, Incoming, Outcome, Processor, Publisher, SessionTasks,
+    Settled, Topology,
 };
 use tracing::{Span, debug, info, info_span, warn};
 
@@ -102,16 +102,18 @@ struct Notifier {
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Stats {
     let notify = &settings.notify;
     let targets = target::targets(notify);
+    // The URLs were checked when the settings were read (Loaded::amqp_urls), so this cannot fail.
+    let broker = Broker::new(settings.urls.clone()).expect("broker URLs checked by amqp_urls");
     info!(
         config = %settings.loaded.source_name(),
-        broker = %mask_url(&settings.url),
+        broker = %broker.shown(),
         queue = %notify.queue,
         targets = %targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
         events = %notify.event_set().iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
         "rafty-notify starting"
     );
     let options = ConsumerOptions {
-        url: settings.url.clone(),
+        broker,
         app_id: "rafty-notify".to_owned(),
         host: settings.loaded.host(),
         queue: notify.queue.clone(),
@@ -139,7 +141,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Stats {
     stats
 }
 
-/// Declare the notifier's quorum queue and bind it to the four events.
+/// Declare the notifier's quorum queue and bind it to every event it knows ([`EventKind::ALL`]).
 async fn declare_queue(channel: &Channel, queue: &str) -> Result<(), rafty_queue::Error> {
     let mut args = FieldTable::default();
     args.insert(
@@ -214,7 +216,7 @@ impl Notifier {
 impl Processor for Notifier {
     async fn connected(
         &self,
-        conn: &Connection,
+        conn: &std::sync::Arc<Connection>,
         _: &Ensured,
     ) -> Result<SessionTasks, rafty_queue::Error> {
         let channel = conn

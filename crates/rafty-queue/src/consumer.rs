@@ -22,7 +22,7 @@ use tracing::{Instrument, Span, info, info_span, warn};
 use crate::publisher::{header_int, header_str};
 use crate::settle::{Outcome, Settled, settle};
 use crate::watchdog::{stop_consuming, taken_back};
-use crate::{Ensured, Error, Publisher, Topology, connect, ensure, mask_url};
+use crate::{Broker, Ensured, Error, Publisher, Topology, ensure};
 
 /// Stop requests, mapped from signals by the program prelude: `drain` stops taking deliveries and
 /// lets the one in hand finish; `abort` stops that one too (it goes back to the queue). The same shape
@@ -58,8 +58,9 @@ impl Shutdown {
 /// How the consumer loop runs.
 #[derive(Clone)]
 pub struct ConsumerOptions {
-    /// Broker URL.
-    pub url: String,
+    /// The broker's nodes (one, or every node of a cluster): the loop connects through it and fails
+    /// over to the next node when a session is lost.
+    pub broker: Broker,
     /// `app_id` stamped on what this consumer publishes, and the start of its connection name.
     pub app_id: String,
     /// Host name reported in events and dead letters.
@@ -159,7 +160,11 @@ pub type SessionTasks = Vec<JoinHandle<()>>;
 pub trait Processor {
     /// After each (re)connection and the topology, before consuming: declare what only this consumer
     /// needs and start what lives as long as the session.
-    async fn connected(&self, conn: &Connection, ensured: &Ensured) -> Result<SessionTasks, Error> {
+    async fn connected(
+        &self,
+        conn: &Arc<Connection>,
+        ensured: &Ensured,
+    ) -> Result<SessionTasks, Error> {
         let _ = (conn, ensured);
         Ok(SessionTasks::new())
     }
@@ -225,17 +230,42 @@ pub async fn run<P: Processor>(
 ) -> Result<Stats, Error> {
     let mut stats = Stats::default();
     let mut backoff = Duration::from_millis(500);
+    // How the first session made sure of the topology: later sessions (reconnections) do not
+    // declare it again. It is durable, and on a cluster with a frozen node a declaration waits.
+    let mut ensured: Option<Ensured> = None;
     loop {
         if shutdown.is_draining() {
             return Ok(stats);
         }
         let mut consuming = false;
-        match session(opts, processor, shutdown, &mut stats, &mut consuming).await {
+        let began = std::time::Instant::now();
+        match session(
+            opts,
+            processor,
+            shutdown,
+            &mut stats,
+            &mut consuming,
+            &mut ensured,
+        )
+        .await
+        {
             Ok(()) => return Ok(stats),
             Err(e) => {
+                // A queue gone (a broker that lost its definitions): declare again next time.
+                if e.to_string().contains("NOT_FOUND") {
+                    ensured = None;
+                }
                 // Reset only after a session that worked, so a broker that refuses us is not hammered.
                 if consuming {
                     backoff = Duration::from_millis(500);
+                    // The node is gone or cut off: start the next pass at another node, at once (a
+                    // pause only after a whole pass failed). A session that ended at once is not a
+                    // node lost but something refused: that waits like any failure.
+                    opts.broker.lost();
+                    if began.elapsed() >= Duration::from_secs(1) {
+                        warn!(error = %e, "broker connection lost; reconnecting now");
+                        continue;
+                    }
                 }
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost; reconnecting");
             }
@@ -259,28 +289,120 @@ impl Drop for Tasks {
     }
 }
 
-/// Connect, declare, and start consuming; the pieces a session needs.
+/// What a session needs, once set up.
+struct Opened {
+    conn: Arc<Connection>,
+    publisher: Publisher,
+    channel: lapin::Channel,
+    consumer: Option<lapin::Consumer>,
+    _tasks: Tasks,
+}
+
+/// Connect (to the first node that works), declare, and start consuming unless `held`; the whole
+/// set-up is bounded per node ([`Broker::open`]), so a node whose queues stall sends the loop on to
+/// the next one.
 async fn open<P: Processor>(
     opts: &ConsumerOptions,
     processor: &P,
-) -> Result<(Connection, Publisher, lapin::Channel, Tasks), Error> {
-    let conn = connect(&opts.url, &format!("{}@{}", opts.app_id, opts.host)).await?;
-    let publisher = Publisher::open(&conn, &opts.app_id, opts.confirm_timeout).await?;
-    let ensured = ensure(&conn, &opts.topology).await?;
-    let tasks = Tasks(processor.connected(&conn, &ensured).await?);
-    let channel = conn.create_channel().await.map_err(|source| Error::Amqp {
-        what: "opening the consume channel",
-        source,
-    })?;
-    // Quorum queues refuse global QoS: one unacked delivery per consumer.
+    tag: &str,
+    held: bool,
+    known: &mut Option<Ensured>,
+) -> Result<Opened, Error> {
+    let earlier = &known.clone();
+    let name = format!("{}@{}", opts.app_id, opts.host);
+    let (conn, (publisher, channel, consumer, tasks, ensured)) = opts
+        .broker
+        .open(&name, |conn| async move {
+            let publisher = slow(
+                "opening the publisher",
+                Publisher::open(&conn, &opts.app_id, opts.confirm_timeout),
+            )
+            .await?;
+            let ensured = match &earlier {
+                Some(e) => e.clone(),
+                None => slow("the topology", ensure(&conn, &opts.topology)).await?,
+            };
+            let tasks = Tasks(
+                slow(
+                    "the session's own set-up",
+                    processor.connected(&conn, &ensured),
+                )
+                .await?,
+            );
+            let channel = slow("the consume channel", conn.create_channel())
+                .await
+                .map_err(|source| Error::Amqp {
+                    what: "opening the consume channel",
+                    source,
+                })?;
+            // Quorum queues refuse global QoS: one unacked delivery per consumer.
+            slow(
+                "prefetch",
+                channel.basic_qos(1, BasicQosOptions { global: false }),
+            )
+            .await
+            .map_err(|source| Error::Amqp {
+                what: "setting prefetch",
+                source,
+            })?;
+            let consumer = if held {
+                None
+            } else {
+                Some(slow("consuming", consume(&channel, &opts.queue, tag)).await?)
+            };
+            Ok((publisher, channel, consumer, tasks, ensured))
+        })
+        .await?;
+    if !matches!(ensured, Ensured::Stalled { .. }) {
+        *known = Some(ensured);
+    }
+    Ok(Opened {
+        conn,
+        publisher,
+        channel,
+        consumer,
+        _tasks: tasks,
+    })
+}
+
+/// Run a set-up step, and say in the log when it takes long (a node that does not answer).
+async fn slow<T>(what: &str, step: impl std::future::Future<Output = T>) -> T {
+    let began = std::time::Instant::now();
+    tokio::pin!(step);
+    let out = tokio::select! {
+        out = &mut step => out,
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            warn!(step = what, "a session set-up step is slow (a node that does not answer?)");
+            step.await
+        }
+    };
+    if began.elapsed() > Duration::from_secs(1) {
+        warn!(
+            step = what,
+            took_ms = began.elapsed().as_millis() as u64,
+            "slow session set-up step done"
+        );
+    }
+    out
+}
+
+async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, Error> {
     channel
-        .basic_qos(1, BasicQosOptions { global: false })
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(|source| Error::Amqp {
-            what: "setting prefetch",
+            what: "consuming the queue",
             source,
-        })?;
-    Ok((conn, publisher, channel, tasks))
+        })
 }
 
 async fn session<P: Processor>(
@@ -289,36 +411,26 @@ async fn session<P: Processor>(
     shutdown: &Shutdown,
     stats: &mut Stats,
     consuming: &mut bool,
+    ensured: &mut Option<Ensured>,
 ) -> Result<(), Error> {
+    let tag = format!("{}@{}-{}", opts.app_id, opts.host, std::process::id());
+    let mut hold = opts.hold.subscribe();
+    let held = *hold.borrow_and_update();
     // A broker that does not answer must not delay a stop.
-    let (conn, publisher, channel, _tasks) = tokio::select! {
-        r = open(opts, processor) => r?,
+    let Opened {
+        conn,
+        publisher,
+        channel,
+        mut consumer,
+        _tasks,
+    } = tokio::select! {
+        r = open(opts, processor, &tag, held, ensured) => r?,
         _ = shutdown.draining() => return Ok(()),
     };
-    let tag = format!("{}@{}-{}", opts.app_id, opts.host, std::process::id());
-    let consume = || async {
-        channel
-            .basic_consume(
-                opts.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| Error::Amqp {
-                what: "consuming the queue",
-                source,
-            })
-    };
-    let mut hold = opts.hold.subscribe();
-    let mut consumer = if *hold.borrow_and_update() {
-        None
-    } else {
-        Some(consume().await?)
-    };
+    let consume = || consume(&channel, &opts.queue, &tag);
     *consuming = true;
     let noun = opts.noun;
-    info!(url = %mask_url(&opts.url), queue = %opts.queue, "connected; waiting for {noun}s");
+    info!(url = %opts.broker.current(), queue = %opts.queue, "connected; waiting for {noun}s");
 
     loop {
         if *hold.borrow_and_update() {

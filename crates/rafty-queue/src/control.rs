@@ -82,39 +82,67 @@ pub async fn serve(
         .create_channel()
         .await
         .map_err(amqp("opening the control channel"))?;
-    let mut requests = listen(&channel, &[(CONTROL_EXCHANGE, "")]).await?;
-    Ok(tokio::spawn(async move {
-        while let Some(Ok(request)) = requests.next().await {
-            let Some(reply_to) = request.properties.reply_to().clone() else {
-                continue;
-            };
-            let mut props = BasicProperties::default().with_content_type(CONTENT_TYPE_JSON.into());
-            if let Some(id) = request.properties.correlation_id().clone() {
-                props = props.with_correlation_id(id);
-            }
-            let ask = match serde_json::from_slice::<ControlRequest>(&request.data) {
-                Ok(ask) => ask,
-                Err(e) => {
-                    tracing::debug!(error = %e, "not a control request this worker knows; ignored");
-                    continue;
-                }
-            };
-            let Some(reply) = handler(&ask) else { continue };
-            let body = serde_json::to_vec(&reply).expect("replies serialize");
-            let sent = channel
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    &body,
-                    props,
-                )
-                .await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "control reply not sent");
+    let requests = listen(&channel, &[(CONTROL_EXCHANGE, "")]).await?;
+    Ok(tokio::spawn(answer(channel, requests, handler)))
+}
+
+/// [`serve`], all of it in the returned task, so that a session need not wait for it: declaring
+/// the private queue and its binding changes the cluster's metadata, which waits for every node
+/// the cluster still counts as up, a frozen one too (until it is declared down, `net_ticktime`).
+/// Jobs go on meanwhile; `raftyctl status` sees this worker once the node answers or is dropped.
+pub fn serve_in_background(
+    conn: Arc<Connection>,
+    handler: ControlFn,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = async {
+            let channel = conn
+                .create_channel()
+                .await
+                .map_err(amqp("opening the control channel"))?;
+            let requests = listen(&channel, &[(CONTROL_EXCHANGE, "")]).await?;
+            Ok::<_, Error>((channel, requests))
+        };
+        match started.await {
+            Ok((channel, requests)) => answer(channel, requests, handler).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "control requests (raftyctl status, drain) will not be answered on this connection")
             }
         }
-    }))
+    })
+}
+
+async fn answer(channel: Channel, mut requests: lapin::Consumer, handler: ControlFn) {
+    while let Some(Ok(request)) = requests.next().await {
+        let Some(reply_to) = request.properties.reply_to().clone() else {
+            continue;
+        };
+        let mut props = BasicProperties::default().with_content_type(CONTENT_TYPE_JSON.into());
+        if let Some(id) = request.properties.correlation_id().clone() {
+            props = props.with_correlation_id(id);
+        }
+        let ask = match serde_json::from_slice::<ControlRequest>(&request.data) {
+            Ok(ask) => ask,
+            Err(e) => {
+                tracing::debug!(error = %e, "not a control request this worker knows; ignored");
+                continue;
+            }
+        };
+        let Some(reply) = handler(&ask) else { continue };
+        let body = serde_json::to_vec(&reply).expect("replies serialize");
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                reply_to,
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "control reply not sent");
+        }
+    }
 }
 
 /// Send `request` to every worker; the answers that arrive within `wait` are returned.

@@ -4,7 +4,8 @@
 //! - [`topology`] declares every exchange and queue of the contract (docs/protocol.md, "Topology"),
 //!   idempotently, or checks them for a user without configure rights; every program calls it at start-up,
 //!   so a job published before any worker ran is queued, not dropped.
-//! - [`connection`] opens a connection (plain or TLS) and masks passwords in what it logs.
+//! - [`connection`] opens a connection (plain or TLS) and masks passwords in what it logs;
+//!   [`Broker`] is the connector to one node or any node of a cluster, with fail-over.
 //! - [`publisher::Publisher`] publishes with publisher confirms (and `mandatory` for jobs), with a
 //!   timeout, and turns a nack, a return or a lost connection into an error that says so; events are
 //!   the typed [`rafty_core::wire::Event`].
@@ -27,7 +28,7 @@ pub mod settle;
 pub mod topology;
 pub mod watchdog;
 
-pub use connection::{connect, mask_url};
+pub use connection::{Broker, connect, mask_url};
 pub use consumer::{ConsumerOptions, Incoming, Processor, SessionTasks, Shutdown, Stats, run};
 pub use outbox::{Entry as OutboxEntry, Outbox};
 pub use publisher::{PublishError, Publisher};
@@ -46,6 +47,24 @@ pub enum Error {
         source: lapin::Error,
         /// What to check, when the error says more than lapin's message does.
         hint: String,
+    },
+    /// A node accepted the connection but did not finish a step in time (a frozen node).
+    #[error("RabbitMQ at {url} did not finish {what} within {} ms", timeout.as_millis())]
+    Stalled {
+        /// The URL, password masked.
+        url: String,
+        /// The step.
+        what: &'static str,
+        /// The bound.
+        timeout: std::time::Duration,
+    },
+    /// No node of the cluster could be used in one pass.
+    #[error("cannot use any of the {count} RabbitMQ nodes: {errors}")]
+    NoNode {
+        /// How many nodes were tried.
+        count: usize,
+        /// Each node's error, in the order tried.
+        errors: String,
     },
     /// The URL, or its TLS settings, cannot be used.
     #[error("{url}: {message}")]

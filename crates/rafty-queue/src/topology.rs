@@ -64,11 +64,23 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 const MISMATCH_HINT: &str = " (a queue that exists with other arguments is refused: compare delivery-limit and \
      retry-delays with the other machines' configs, or delete the queue while it is empty)";
 
+/// How long [`ensure`] waits for the broker to answer the declarations. Declaring a queue that
+/// exists asks its leader for the queue's counts; on a cluster whose node holding that leader is
+/// frozen (not dead: the others do not elect a new leader before the node is declared down, up to
+/// `net_ticktime`, 60 s), the answer does not come. Declaring what does not exist yet answers at once.
+pub const DECLARE_STALL: Duration = Duration::from_secs(2);
+
 /// How [`ensure`] made sure of the topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ensured {
     /// Every exchange, queue and binding was declared.
     Declared,
+    /// The broker did not answer the declarations within [`DECLARE_STALL`]: a queue that exists has
+    /// a leader that does not answer (a frozen node). The topology is taken as it is.
+    Stalled {
+        /// The step that did not answer.
+        what: String,
+    },
     /// This user may not declare (it has no configure right on the named entity); every exchange and
     /// queue was found to exist instead.
     Checked {
@@ -88,7 +100,20 @@ pub async fn ensure(conn: &Connection, topology: &Topology) -> Result<Ensured, E
         })
     };
     let channel = open().await?;
-    let refused = match declare(&channel, topology).await {
+    let declared = match tokio::time::timeout(DECLARE_STALL, declare(&channel, topology)).await {
+        Ok(r) => r,
+        Err(_) => {
+            // The channel is stuck on the broker's side: leave it, closing would wait as long.
+            tracing::warn!(
+                within_ms = DECLARE_STALL.as_millis() as u64,
+                "the broker did not answer the topology's declarations (a queue's leader on a node that does not answer?); going on with the topology as it is"
+            );
+            return Ok(Ensured::Stalled {
+                what: "declaring the topology".into(),
+            });
+        }
+    };
+    let refused = match declared {
         Ok(()) => {
             let _ = channel.close(200, "declared".into()).await;
             return Ok(Ensured::Declared);

@@ -89,6 +89,7 @@ fn job(name: &str) -> Job {
             sha256: None,
             label: Some("TEST_DISC".into()),
             unreadable_sectors: None,
+            url: None,
         },
         name.to_owned(),
         Origin {
@@ -121,7 +122,7 @@ impl World {
 
     fn options(&self, host: &str, max_deliveries: Option<u64>) -> ConsumerOptions {
         ConsumerOptions {
-            url: self.url.clone(),
+            broker: rafty_queue::Broker::single(&self.url).expect("a valid URL"),
             app_id: APP.to_owned(),
             host: host.to_owned(),
             queue: WORK_QUEUE.to_owned(),

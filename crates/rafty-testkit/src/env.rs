@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Amqp, Broker, bin};
+use crate::{Amqp, Broker, Cluster, bin};
 
 /// One test's world: a vhost, an ISO directory, a media directory, a config file.
 pub struct Env {
     dir: tempfile::TempDir,
-    /// The vhost's AMQP URL.
+    /// The vhost's AMQP URL (on a cluster: the first node's, for the test's own clients).
     pub url: String,
+    /// On a cluster, every node's URL: the config then says `[broker] urls = [...]`.
+    pub urls: Vec<String>,
     /// `[rip] iso-dir` (the source root).
     pub iso_dir: PathBuf,
     /// `[transcode] output-dir`.
@@ -30,6 +32,29 @@ impl Env {
         std::fs::create_dir_all(&iso_dir).unwrap();
         let env = Env {
             url: broker.vhost(test),
+            urls: Vec::new(),
+            iso_dir,
+            media_dir,
+            dir,
+        };
+        env.write_config("rafty.toml", None, &[]);
+        env
+    }
+
+    /// A new world on a vhost of `cluster` (named after the test), whose config lists every node
+    /// (`[broker] urls`), each URL with a heartbeat of `heartbeat` seconds.
+    pub fn on_cluster(cluster: &Cluster, test: &str, heartbeat: u32) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rafty-{test}-"))
+            .tempdir()
+            .expect("temp dir");
+        let iso_dir = dir.path().join("iso");
+        let media_dir = dir.path().join("media");
+        std::fs::create_dir_all(&iso_dir).unwrap();
+        let vhost = cluster.vhost(test);
+        let env = Env {
+            url: cluster.url(0, &vhost, heartbeat),
+            urls: cluster.urls(&vhost, heartbeat),
             iso_dir,
             media_dir,
             dir,
@@ -80,7 +105,12 @@ impl Env {
         if let Some(h) = host {
             text.push_str(&format!("host = \"{h}\"\n"));
         }
-        text.push_str(&format!("[broker]\nurl = \"{}\"\n", self.url));
+        if self.urls.is_empty() {
+            text.push_str(&format!("[broker]\nurl = \"{}\"\n", self.url));
+        } else {
+            let urls: Vec<String> = self.urls.iter().map(|u| format!("\"{u}\"")).collect();
+            text.push_str(&format!("[broker]\nurls = [{}]\n", urls.join(", ")));
+        }
         for (section, keys) in [("rip", r), ("transcode", t)] {
             text.push_str(&format!("[{section}]\n"));
             for (k, v) in keys {

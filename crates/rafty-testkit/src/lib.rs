@@ -3,6 +3,8 @@
 //! - [`Broker`]: a private RabbitMQ node per test binary (its own ports, directories and Erlang
 //!   cookie, `consumer_timeout` raised), stopped by a reaper when the test binary exits; each test gets
 //!   its own vhost ([`Broker::vhost`]) so tests share the node without seeing each other's queues.
+//! - [`Cluster`]: a three-node (or any size) RabbitMQ cluster on this machine, whose nodes a test
+//!   kills, restarts, freezes and thaws.
 //! - [`fixture_iso`]: real DVD-Video ISOs built with ffmpeg + dvdauthor + genisoimage, cached.
 //! - [`Env`]: a directory per test with an ISO directory, a media directory and a config file, and
 //!   helpers to run `raftyctl` and `transcoded` against it.
@@ -14,16 +16,19 @@
 mod amqp;
 mod broker;
 mod chaos;
+mod cluster;
 mod dbus;
 mod env;
 mod faulty;
 pub use faulty::FaultyDisc;
 mod fixtures;
 mod loopdev;
+pub mod s3;
 
 pub use amqp::{Amqp, EventTap, Message, job_properties};
 pub use broker::{Broker, BrokerBuilder, shared_broker};
 pub use chaos::{Rng, durable_event_queue, processes_with, spawn_rip};
+pub use cluster::Cluster;
 pub use dbus::PrivateBus;
 pub use env::{Env, Worker};
 pub use fixtures::{fixture_iso, garbage_iso};

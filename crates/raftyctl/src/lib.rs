@@ -4,10 +4,13 @@
 //! scripts goes to stdout, diagnostics to stderr.
 
 pub mod deadletter;
+pub mod members;
+pub mod replicate;
 pub mod status;
 pub mod submit;
 pub mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +18,7 @@ use rafty_core::config::Loaded;
 use rafty_core::exit;
 use rafty_core::names::{DEAD_QUEUE, EVENTS_EXCHANGE, RIP_EXCHANGE, WORK_QUEUE};
 use rafty_core::wire::ControlRequest;
-use rafty_queue::{Publisher, Topology, connect, declare, ensure, mask_url};
+use rafty_queue::{Broker, Publisher, Topology, declare};
 
 pub use submit::SubmitArgs;
 
@@ -65,6 +68,20 @@ pub enum Command {
     /// Jobs parked in rafty.transcode.dead: list, show, requeue after a fix, purge.
     #[command(subcommand, name = "dead-letter")]
     DeadLetter(deadletter::DeadLetterCommand),
+    /// The copies of the library at each destination (rafty-replicate): status, enable, disable,
+    /// reconcile.
+    #[command(subcommand)]
+    Replicate(replicate::ReplicateCommand),
+    /// Re-read copies (the library's and every destination's) against the ledger's SHA-256; exit
+    /// 0 nothing found (or everything mended), 1 findings remain, 2 the audit failed.
+    ///
+    /// Prints one line per finding: VERDICT<TAB>PLACE<TAB>KEY<TAB>DETAIL, verdicts MISSING,
+    /// CORRUPT, UNREADABLE, UNPLAYABLE, STALE; with --repair, REPAIRED<TAB>PLACE<TAB>KEY<TAB>from
+    /// OTHER after each mended one.
+    Audit(replicate::AuditArgs),
+    /// Bring back one random object from a random destination, check its SHA-256 and play it.
+    #[command(name = "restore-test")]
+    RestoreTest(replicate::RestoreTestArgs),
 }
 
 /// `raftyctl outbox` commands.
@@ -106,6 +123,9 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
         Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,
+        Command::Replicate(cmd) => replicate::run(&loaded, cmd).await,
+        Command::Audit(args) => replicate::audit(&loaded, args).await,
+        Command::RestoreTest(args) => replicate::restore_test(&loaded, args).await,
     }
 }
 
@@ -148,38 +168,90 @@ async fn outbox(loaded: &Loaded, cmd: OutboxCommand) -> Result<(), Failure> {
     }
 }
 
-/// Connect to the broker of `loaded`, make sure of the topology (declared, or checked for a user
-/// without configure rights) and open a confirming publisher.
+/// Connect to the broker of `loaded` (the first node of its `[broker] urls` that works), make sure
+/// of the topology (declared, or checked for a user without configure rights) and open a confirming
+/// publisher that fails over to another node when a publish loses its node.
 pub(crate) async fn open(
     loaded: &Loaded,
-) -> Result<(lapin::Connection, Publisher, String), Failure> {
-    let (conn, url) = connect_to(loaded).await?;
+) -> Result<(Arc<lapin::Connection>, Publisher, String), Failure> {
+    let broker = broker(loaded)?;
     let timeout = loaded.config.broker.confirm_timeout;
-    let publisher = Publisher::open(&conn, "raftyctl", timeout)
-        .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
-    ensure(&conn, &Topology::from_config(&loaded.config.transcode))
-        .await
-        .map_err(|e| Failure::new(exit::PROTOCOL, e.to_string()))?;
-    Ok((conn, publisher, url))
+    let topology = Topology::from_config(&loaded.config.transcode);
+    let name = format!("raftyctl@{}", loaded.host());
+    let (publisher, conn) =
+        Publisher::connect(&broker, &name, "raftyctl", timeout, Some(&topology))
+            .await
+            .map_err(|e| unreachable(loaded, e))?;
+    Ok((conn, publisher, broker.current()))
 }
 
-async fn connect_to(loaded: &Loaded) -> Result<(lapin::Connection, String), Failure> {
-    let url = loaded
-        .amqp_url()
+/// The connector to the broker's nodes of `loaded`.
+pub(crate) fn broker(loaded: &Loaded) -> Result<Broker, Failure> {
+    let urls = loaded
+        .amqp_urls()
         .map_err(|e| Failure::new(exit::CONFIG, e.to_string()))?;
-    let conn = connect(&url, &format!("raftyctl@{}", loaded.host()))
+    Broker::new(urls).map_err(|e| Failure::new(exit::CONFIG, e.to_string()))
+}
+
+fn unreachable(loaded: &Loaded, e: rafty_queue::Error) -> Failure {
+    match e {
+        e @ rafty_queue::Error::Declare { .. } => Failure::new(exit::PROTOCOL, e.to_string()),
+        e => Failure::new(
+            exit::UNAVAILABLE,
+            format!(
+                "{e}\nIs RabbitMQ running there? Set [broker] url (or urls) in {} or RAFTY_AMQP_URL.",
+                loaded.source_name()
+            ),
+        ),
+    }
+}
+
+async fn connect_to(loaded: &Loaded) -> Result<(Arc<lapin::Connection>, String), Failure> {
+    let broker = broker(loaded)?;
+    let conn = broker
+        .connect(&format!("raftyctl@{}", loaded.host()))
         .await
-        .map_err(|e| {
-            Failure::new(
-                exit::UNAVAILABLE,
-                format!(
-                    "{e}\nIs RabbitMQ running there? Set [broker] url in {} or RAFTY_AMQP_URL.",
-                    loaded.source_name()
-                ),
-            )
-        })?;
-    Ok((conn, mask_url(&url)))
+        .map_err(|e| unreachable(loaded, e))?;
+    Ok((conn, broker.current()))
+}
+
+/// Print each queue's members from `[broker] management-url` when set (a note when it is not and the
+/// broker is a cluster); returns them for `--json`.
+pub(crate) async fn show_members(
+    loaded: &Loaded,
+    url: &str,
+    names: &[String],
+) -> Result<Option<members::Members>, Failure> {
+    let members = fetch_members(loaded, url, names).await?;
+    match &members {
+        Some(m) => {
+            println!();
+            members::print(m);
+        }
+        None if loaded.amqp_urls().is_ok_and(|u| u.len() > 1) => println!(
+            "\nqueue members: not shown; set [broker] management-url to the management API (docs/cluster.md)"
+        ),
+        None => {}
+    }
+    Ok(members)
+}
+
+/// Each queue's members from `[broker] management-url`, when set.
+pub(crate) async fn fetch_members(
+    loaded: &Loaded,
+    url: &str,
+    names: &[String],
+) -> Result<Option<members::Members>, Failure> {
+    let Some(api) = loaded.config.broker.management_url.clone() else {
+        return Ok(None);
+    };
+    let vhost = members::vhost_of(url);
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || members::fetch(&api, &vhost, &names))
+        .await
+        .map_err(|e| Failure::new(1, e.to_string()))?
+        .map(Some)
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e))
 }
 
 pub(crate) async fn close(conn: &lapin::Connection) {
@@ -195,7 +267,12 @@ async fn setup(loaded: &Loaded) -> Result<(), Failure> {
     let topology = Topology::from_config(&loaded.config.transcode);
     let declared = async {
         let channel = conn.create_channel().await?;
-        Ok::<_, lapin::Error>(declare(&channel, &topology).await)
+        let declared = declare(&channel, &topology).await;
+        // Closed before the connection: a channel still open when the connection closes makes
+        // lapin log a "Connection error" although nothing failed. A refused declaration has
+        // closed it already.
+        let _ = channel.close(200, "raftyctl done".into()).await;
+        Ok::<_, lapin::Error>(declared)
     }
     .await
     .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
@@ -222,5 +299,9 @@ async fn setup(loaded: &Loaded) -> Result<(), Failure> {
         topology.delivery_limit,
         rungs.join(", ")
     );
+    let mut names = vec![WORK_QUEUE.to_owned()];
+    names.extend(rungs);
+    names.push(DEAD_QUEUE.to_owned());
+    show_members(loaded, &url, &names).await?;
     Ok(())
 }

@@ -22,6 +22,9 @@ struct Report {
     broker: String,
     queues: Vec<Depth>,
     workers: Vec<WorkerStatus>,
+    /// From `[broker] management-url`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<crate::members::Members>,
 }
 
 /// One queue's depth.
@@ -67,10 +70,12 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     close(&conn).await;
 
     if as_json {
+        let members = crate::fetch_members(loaded, &url, &names).await?;
         let report = Report {
             broker: url,
             queues,
             workers,
+            members,
         };
         println!(
             "{}",
@@ -87,6 +92,7 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
     for w in &workers {
         println!("  {}", describe(w));
     }
+    crate::show_members(loaded, &url, &names).await?;
     Ok(())
 }
 
@@ -97,6 +103,11 @@ fn describe(w: &WorkerStatus) -> String {
             let mut s = format!("{head}: {} ({})", job.name, job.id);
             if let Some(t) = job.title {
                 s.push_str(&format!(" title {t}"));
+            }
+            if let Some(stage) = &job.stage
+                && stage != "encode"
+            {
+                s.push_str(&format!(" {stage}ing"));
             }
             if let Some(p) = job.percent {
                 s.push_str(&format!(" {p:.1} %"));
@@ -135,4 +146,46 @@ pub(crate) async fn steer(loaded: &Loaded, request: &ControlRequest) -> Result<(
         println!("{}", describe(w));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rafty_core::wire::{Activity, WorkerState, WorkerStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_worker_line_says_what_its_job_is_doing() {
+        let job = |stage: Option<&str>, percent| Activity {
+            id: uuid::Uuid::nil(),
+            name: "Film".into(),
+            source: "/srv/iso/Film.iso".into(),
+            attempt: 0,
+            started_at: "2026-12-02T00:00:00Z".into(),
+            title: None,
+            percent,
+            fps: None,
+            eta_secs: None,
+            stage: stage.map(str::to_owned),
+        };
+        let status = |job| WorkerStatus {
+            host: "laptop".into(),
+            app: "transcoded".into(),
+            version: "0".into(),
+            handbrake: "H".into(),
+            pid: 7,
+            uptime_secs: 1,
+            state: WorkerState::Working,
+            job: Some(job),
+        };
+        let line = describe(&status(job(Some("download"), Some(12.5))));
+        assert!(
+            line.ends_with("Film (00000000-0000-0000-0000-000000000000) downloading 12.5 %"),
+            "{line}"
+        );
+        let line = describe(&status(job(Some("upload"), Some(99.0))));
+        assert!(line.contains("uploading 99.0 %"), "{line}");
+        let line = describe(&status(job(Some("encode"), Some(40.0))));
+        assert!(line.ends_with(") 40.0 %"), "{line}");
+    }
 }

@@ -37,7 +37,7 @@ pub struct SubmitArgs {
     /// Copy images from outside the source roots into [rip] iso-dir first
     #[arg(long)]
     pub copy: bool,
-    /// Compute each image's SHA-256 and put it in the job (reads the whole image)
+    /// Compute each image's SHA-256 and put it in the job (reads the whole image; always done when [store] url is set)
     #[arg(long)]
     pub checksum: bool,
     /// Print one JSON object per job instead of "ID<TAB>PATH"
@@ -195,7 +195,9 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
             loaded.config.rip.iso_dir.display()
         ));
     };
-    let sha256 = if args.checksum {
+    // A job that names a store carries the digest its fetched copies are checked against.
+    let store = loaded.config.store.url.as_deref();
+    let sha256 = if args.checksum || store.is_some() {
         Some(sha256_file(&path).map_err(|e| format!("{shown}: {e}"))?)
     } else {
         None
@@ -207,6 +209,7 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
         sha256,
         label: info.label,
         unreadable_sectors: None,
+        url: store.map(|base| rafty_core::store::image_url(base, &path)),
     };
     let origin = Origin {
         host: loaded.host(),

@@ -59,6 +59,25 @@ pub fn describe(event: &Event) -> Option<Line> {
             ),
             finished: false,
         },
+        Event::Transfer(e) => Line {
+            key: format!("{}@{}:{}", e.id, e.direction.as_str(), e.object),
+            label: format!("{host} {} {}", e.direction.as_str(), e.object),
+            percent: Some(e.percent),
+            detail: format!(
+                "{} of {} MB{}{}",
+                e.bytes / 1_000_000,
+                e.total / 1_000_000,
+                e.rate
+                    .map(|r| format!(", {:.1} MB/s", r / 1e6))
+                    .unwrap_or_default(),
+                if e.resumed > 0 {
+                    format!(", resumed {}x", e.resumed)
+                } else {
+                    String::new()
+                }
+            ),
+            finished: e.complete,
+        },
         Event::Done(e) => Line {
             key: format!("{}#", e.id),
             label: format!("{host} {}", e.name),
@@ -105,7 +124,9 @@ pub fn describe(event: &Event) -> Option<Line> {
             detail: format!("done, {} output(s)", e.outputs.len()),
             finished: true,
         },
-        Event::Split(_) | Event::Heartbeat(_) => return None,
+        Event::Split(_) | Event::Heartbeat(_) | Event::ReplicaAway(_) | Event::AuditDone(_) => {
+            return None;
+        }
     };
     Some(line)
 }
@@ -118,7 +139,7 @@ pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
     let (conn, publisher, url) = open(loaded).await?;
     let ch = publisher.channel();
     let mut events = rafty_queue::control::listen(
-        ch,
+        &ch,
         &[
             (EVENTS_EXCHANGE, "rafty.transcode.#"),
             (RIP_EXCHANGE, "rafty.rip.*"),
@@ -263,6 +284,23 @@ mod tests {
         .unwrap();
         assert_eq!(r.key, "h:/dev/sr0");
         assert_eq!(r.detail, "20.0 MB/s");
+        let t = describe(&Event::Transfer(rafty_core::wire::Transfer {
+            id,
+            host: "laptop".into(),
+            direction: rafty_core::wire::Direction::Download,
+            object: "/srv/iso/X.iso".into(),
+            bytes: 3_000_000,
+            total: 6_000_000,
+            percent: 50.0,
+            rate: Some(4.2e7),
+            resumed: 1,
+            complete: false,
+        }))
+        .unwrap();
+        assert_eq!(t.label, "laptop download /srv/iso/X.iso");
+        assert_eq!(t.percent, Some(50.0));
+        assert_eq!(t.detail, "3 of 6 MB, 42.0 MB/s, resumed 1x");
+        assert!(!t.finished);
         let beat = Event::Heartbeat(WorkerStatus {
             host: "h".into(),
             app: "transcoded".into(),

@@ -30,7 +30,7 @@ use rafty_core::{Job, Media};
 use rafty_disc::copy::{self, CopyOptions, Progress};
 use rafty_disc::identity::{self, Plan};
 use rafty_disc::lock::{DriveLock, LockError};
-use rafty_queue::{Outbox, OutboxEntry, Publisher, Topology, connect, ensure};
+use rafty_queue::{Broker, Outbox, OutboxEntry, Publisher, Topology};
 use tracing::{error, info, warn};
 
 /// How a run ended well.
@@ -405,18 +405,27 @@ async fn rip_locked(
         })?;
     info!(image = %image.display(), sha256 = report.sha256.as_deref().unwrap_or(""), bytes = size, read_this_run = report.read_this_run, "image complete");
 
+    let path = std::fs::canonicalize(&image).unwrap_or(image.clone());
+    let sha256 = if holes == 0 {
+        report.sha256.clone()
+    } else {
+        None
+    };
+    // Workers without the storage fetch the image from the store, checked against its digest: an
+    // image with holes has none, and is left to workers that read it where it is.
+    let url = match (&loaded.config.store.url, &sha256) {
+        (Some(base), Some(_)) => Some(rafty_core::store::image_url(base, &path)),
+        _ => None,
+    };
     let job = Job::new(
         Source {
-            path: std::fs::canonicalize(&image).unwrap_or(image.clone()),
+            path,
             media,
             size: Some(size),
-            sha256: if holes == 0 {
-                report.sha256.clone()
-            } else {
-                None
-            },
+            sha256,
             label: info.label.clone(),
             unreadable_sectors: (holes > 0).then_some(holes),
+            url,
         },
         output_name_for(&image, &fingerprint),
         Origin {
@@ -567,16 +576,14 @@ impl Events {
     async fn connect(loaded: &Loaded) -> Option<Events> {
         let timeout = loaded.config.rip.broker_timeout;
         let attempt = async {
-            let url = loaded.amqp_url().map_err(|e| e.to_string())?;
-            let conn = connect(&url, &format!("rip@{}", loaded.host()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let publisher = Publisher::open(&conn, "rip", timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            ensure(&conn, &Topology::from_config(&loaded.config.transcode))
-                .await
-                .map_err(|e| e.to_string())?;
+            let urls = loaded.amqp_urls().map_err(|e| e.to_string())?;
+            let broker = Broker::new(urls).map_err(|e| e.to_string())?;
+            let topology = Topology::from_config(&loaded.config.transcode);
+            let name = format!("rip@{}", loaded.host());
+            let (publisher, conn) =
+                Publisher::connect(&broker, &name, "rip", timeout, Some(&topology))
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, publisher))
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -584,7 +591,7 @@ impl Events {
                 publisher,
                 host: loaded.host(),
                 timeout,
-                _conn: Arc::new(conn),
+                _conn: conn,
             }),
             Ok(Err(e)) => {
                 warn!(error = %e, "broker unreachable; the copy goes on and the job will wait in the outbox");

@@ -8,13 +8,15 @@
 //! Layout: [`run`] is the whole worker (checks, then the shared consumer loop, `rafty_queue::run`);
 //! [`worker`] is what only a worker adds to that loop (control, heartbeat, metrics by settlement);
 //! [`transcoder`] does one job; [`output`] puts outputs in place; [`naming`] renders their names;
-//! [`metrics`] serves Prometheus; [`inhibit`] holds off sleep during a job. `main.rs` is the program
+//! [`remote`] is what a job whose image comes from `rafty-store` adds (scratch, transfer events, the
+//! token gate); [`metrics`] serves Prometheus; [`inhibit`] holds off sleep during a job. `main.rs` is the program
 //! prelude's glue, so tests can run the same worker in-process.
 
 pub mod inhibit;
 pub mod metrics;
 pub mod naming;
-pub mod output;
+pub use rafty_core::output;
+pub mod remote;
 pub mod transcoder;
 pub mod worker;
 
@@ -25,7 +27,7 @@ use anyhow::Context;
 use rafty_core::config::Loaded;
 use rafty_core::names::WORK_QUEUE;
 use rafty_handbrake::HandBrake;
-use rafty_queue::{ConsumerOptions, Shutdown, Stats, Topology, mask_url};
+use rafty_queue::{Broker, ConsumerOptions, Shutdown, Stats, Topology};
 use tracing::{info, warn};
 
 pub use transcoder::Transcoder;
@@ -51,9 +53,10 @@ pub enum StartError {
 /// Run the worker until `shutdown` drains it or `--max-jobs` is reached.
 pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> anyhow::Result<Stats> {
     let config = &loaded.config;
-    let url = loaded
-        .amqp_url()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let broker = loaded
+        .amqp_urls()
+        .map_err(|e| StartError::Config(e.to_string()))
+        .and_then(|urls| Broker::new(urls).map_err(|e| StartError::Config(e.to_string())))?;
     let t = &config.transcode;
     let handbrake = HandBrake::new(
         t.handbrake.clone(),
@@ -96,6 +99,12 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
     if swept > 0 {
         info!(swept, "removed temporary encodes left by stopped workers");
     }
+    let store = rafty_store::StoreClient::from_config(&loaded)
+        .map_err(|e| StartError::Config(format!("{e} (in {})", loaded.source_name())))?;
+    let swept = remote::sweep_scratch(&t.scratch_dir);
+    if swept > 0 {
+        info!(swept, "removed fetched images left by stopped workers");
+    }
     for dir in [&t.scratch_dir, &t.output_dir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
             warn!(dir = %dir.display(), error = %e, "cannot create directory; jobs will be retried until it can be written");
@@ -104,7 +113,7 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
     let host = loaded.host();
     info!(
         config = %loaded.source_name(),
-        broker = %mask_url(&url),
+        broker = %broker.shown(),
         handbrake = %version,
         host = %host,
         output_dir = %t.output_dir.display(),
@@ -130,8 +139,21 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         })?;
         info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
     }
-    let transcoder =
+    let mut transcoder =
         Transcoder::new(&loaded, handbrake, version, activity, metrics).with_presets(presets);
+    if let Some(store) = store {
+        let gate = Arc::new(remote::StoreGate::new(store.clone(), hold.clone()));
+        match store.health().await {
+            Ok(h) => {
+                info!(store = %store.base(), store_host = %h.host, "the store accepts this worker")
+            }
+            Err(e @ rafty_store::StoreError::Unauthorized { .. }) => gate.refused(&e.to_string()),
+            Err(e) => {
+                warn!(error = %e, "the store is not reachable now; jobs it serves will be retried")
+            }
+        }
+        transcoder = transcoder.with_store(store, gate);
+    }
     let topology = Topology::from_config(t);
     let worker = worker::Worker::new(
         transcoder,
@@ -141,7 +163,7 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
         config.broker.confirm_timeout,
     );
     let options = ConsumerOptions {
-        url,
+        broker,
         app_id: "transcoded".to_owned(),
         host,
         queue: WORK_QUEUE.to_owned(),

@@ -17,8 +17,16 @@ use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use rafty_core::store::{image_url_path, image_url_path_of};
+use rafty_store::StoreClient;
+use rafty_store::api::OutputOffer;
+use rafty_store::client::{Uploaded, sha256_of};
+
 use crate::naming::{Fields, Naming};
 use crate::output::{self, Existing, Sidecar};
+use crate::remote::{ScratchJob, StoreGate, announced, store_failure};
 
 /// How often progress is announced on the events exchange and in the log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -43,6 +51,25 @@ pub struct Transcoder {
     naming: Naming,
     /// The presets this worker's HandBrake knows (empty: unknown, HandBrake decides).
     presets: Vec<String>,
+    /// The store that sources this worker cannot read come from, and outputs go back to.
+    store: Option<StoreClient>,
+    scratch_dir: PathBuf,
+    gate: Option<Arc<StoreGate>>,
+}
+
+/// A job whose image came from the store: its scratch directory (removed with it) and how the
+/// store's library names and packs outputs.
+struct Remote {
+    scratch: ScratchJob,
+    image: PathBuf,
+    naming: Naming,
+    container: Container,
+}
+
+impl Remote {
+    fn out_dir(&self) -> PathBuf {
+        self.scratch.dir().join("out")
+    }
 }
 
 /// What this worker is doing now, for `raftyctl status` (`None` when idle).
@@ -88,7 +115,18 @@ impl Transcoder {
             naming: Naming::new(&t.movie_name, &t.title_name, t.container)
                 .expect("templates are checked when the worker starts"),
             presets: Vec::new(),
+            store: None,
+            scratch_dir: t.scratch_dir.clone(),
+            gate: None,
         }
+    }
+
+    /// Fetch the sources this worker cannot read from `store`, and send their outputs back; `gate`
+    /// stops the worker taking jobs while the store refuses its token.
+    pub fn with_store(mut self, store: StoreClient, gate: Arc<StoreGate>) -> Self {
+        self.store = Some(store);
+        self.gate = Some(gate);
+        self
     }
 
     /// The presets this worker has, so a job naming another is refused with the list.
@@ -114,6 +152,7 @@ impl Transcoder {
                 percent: None,
                 fps: None,
                 eta_secs: None,
+                stage: None,
             });
         });
         let preset = job
@@ -134,7 +173,21 @@ impl Transcoder {
                 self.presets.join(", ")
             )));
         }
-        let source = resolve_source(&job.source.path, &self.path_map, &self.source_roots)?;
+        let (source, remote) = match (
+            resolve_source(&job.source.path, &self.path_map, &self.source_roots),
+            &self.store,
+        ) {
+            (Ok(local), _) => (local, None),
+            (Err(Failure::SourceOutsideRoots(_) | Failure::SourceUnavailable(_)), Some(store)) => {
+                let remote = self.fetch(job, store, events, &incoming.cancel).await?;
+                (remote.image.clone(), Some(remote))
+            }
+            (Err(f), _) => return Err(f),
+        };
+        let naming = remote.as_ref().map_or(&self.naming, |r| &r.naming);
+        let output_dir = remote
+            .as_ref()
+            .map_or(self.output_dir.clone(), Remote::out_dir);
         let source_size = std::fs::metadata(&source)
             .map_err(|e| Failure::SourceUnavailable(format!("{}: {e}", source.display())))?
             .len();
@@ -143,7 +196,7 @@ impl Transcoder {
         let scan = self.scan(&source, &incoming.cancel).await?;
         let titles = choose_titles(&job.encode.titles, &scan, &source)?;
         if job.part.is_none() && titles.len() > 1 {
-            return self.split(job, &titles, incoming, events).await;
+            return self.split(job, &titles, naming, incoming, events).await;
         }
         let single = titles.len() == 1 && job.encode.titles == TitleSelection::MainFeature;
 
@@ -152,11 +205,9 @@ impl Transcoder {
         for (position, title) in titles.iter().enumerate() {
             let file = match &job.part {
                 Some(part) => part.output.clone(),
-                None => self
-                    .naming
-                    .render(single, &fields(job, title, position, titles.len())),
+                None => naming.render(single, &fields(job, title, position, titles.len())),
             };
-            let path = self.output_dir.join(&file);
+            let path = output_dir.join(&file);
             let sidecar = Sidecar {
                 job_id: job.id.to_string(),
                 source_path: job.source.path.clone(),
@@ -168,26 +219,56 @@ impl Transcoder {
                 handbrake: self.handbrake_version.clone(),
                 output: file.clone(),
                 output_size: 0,
+                output_sha256: None,
                 output_duration_secs: 0.0,
                 title_duration_secs: title.duration.as_secs_f64(),
                 host: self.host.clone(),
                 finished_at: String::new(),
             };
-            match output::existing(&path, &sidecar)? {
-                Existing::Done(found) => {
-                    info!(output = %path.display(), made_by = %found.job_id, "output already in place; not encoding again");
-                    skipped += 1;
-                    outputs.push(output_event(&path, &found, true));
-                    continue;
+            if let (Some(_), Some(store)) = (&remote, &self.store) {
+                match store
+                    .find_output(&file)
+                    .await
+                    .map_err(|e| self.store_failed(e))?
+                {
+                    Some((there, found)) if found.same_work(&sidecar) => {
+                        info!(output = %there.display(), made_by = %found.job_id, "output already in the store's library; not encoding again");
+                        skipped += 1;
+                        outputs.push(output_event(&there, &found, true));
+                        continue;
+                    }
+                    Some((there, found)) => {
+                        return Err(Failure::OutputConflict(format!(
+                            "{} (store {}) already exists, made by job {} from {}; move it away or submit with another output name",
+                            there.display(),
+                            store.base(),
+                            found.job_id,
+                            found.source_path.display()
+                        )));
+                    }
+                    None => {}
                 }
-                Existing::Absent => {}
+            } else {
+                match output::existing(&path, &sidecar)? {
+                    Existing::Done(found) => {
+                        info!(output = %path.display(), made_by = %found.job_id, "output already in place; not encoding again");
+                        skipped += 1;
+                        outputs.push(output_event(&path, &found, true));
+                        continue;
+                    }
+                    Existing::Absent => {}
+                }
             }
             let _ = events
                 .publish_event(&Event::Started(wire::Started {
                     id: job.id,
                     host: self.host.clone(),
                     title: title.index,
-                    output: path.clone(),
+                    output: if remote.is_some() {
+                        PathBuf::from(&file)
+                    } else {
+                        path.clone()
+                    },
                     preset: preset.clone(),
                 }))
                 .await;
@@ -200,14 +281,25 @@ impl Transcoder {
                     &preset,
                     events,
                     sidecar,
+                    remote.as_ref().map_or(self.container, |r| r.container),
                     &incoming.cancel,
                 )
                 .await?;
-            outputs.push(output_event(&path, &done, false));
+            match (&remote, &self.store) {
+                (Some(_), Some(store)) => {
+                    outputs.push(
+                        self.send_back(job, store, &file, &path, done, events, &incoming.cancel)
+                            .await?,
+                    );
+                }
+                _ => outputs.push(output_event(&path, &done, false)),
+            }
         }
         if let Some(part) = &job.part {
-            self.announce_disc_if_complete(job, part, events).await?;
+            self.announce_disc_if_complete(job, part, remote.is_some(), events)
+                .await?;
         }
+        drop(remote);
         Ok(Outcome::Done(wire::Done {
             id: job.id,
             host: self.host.clone(),
@@ -230,13 +322,14 @@ impl Transcoder {
         &self,
         job: &Job,
         titles: &[Title],
+        naming: &Naming,
         incoming: &Incoming,
         events: &Publisher,
     ) -> Result<Outcome, Failure> {
         let outputs: Vec<String> = titles
             .iter()
             .enumerate()
-            .map(|(i, t)| self.naming.render(false, &fields(job, t, i, titles.len())))
+            .map(|(i, t)| naming.render(false, &fields(job, t, i, titles.len())))
             .collect();
         let mut ids = Vec::new();
         for (title, output) in titles.iter().zip(&outputs) {
@@ -274,19 +367,39 @@ impl Transcoder {
         &self,
         job: &Job,
         part: &Part,
+        remote: bool,
         events: &Publisher,
     ) -> Result<(), Failure> {
-        let paths: Vec<PathBuf> = part
-            .outputs
-            .iter()
-            .map(|o| self.output_dir.join(o))
-            .collect();
-        if !paths
-            .iter()
-            .all(|p| p.exists() && output::sidecar_path(p).exists())
-        {
-            return Ok(());
-        }
+        let paths: Vec<PathBuf> = match (&self.store, remote) {
+            (Some(store), true) => {
+                let mut paths = Vec::new();
+                for o in &part.outputs {
+                    match store
+                        .find_output(o)
+                        .await
+                        .map_err(|e| self.store_failed(e))?
+                    {
+                        Some((path, _)) => paths.push(path),
+                        None => return Ok(()),
+                    }
+                }
+                paths
+            }
+            _ => {
+                let paths: Vec<PathBuf> = part
+                    .outputs
+                    .iter()
+                    .map(|o| self.output_dir.join(o))
+                    .collect();
+                if !paths
+                    .iter()
+                    .all(|p| p.exists() && output::sidecar_path(p).exists())
+                {
+                    return Ok(());
+                }
+                paths
+            }
+        };
         info!(disc = %part.disc, outputs = paths.len(), "every title of the disc is done");
         events
             .publish_event(&Event::DiscDone(wire::DiscDone {
@@ -318,13 +431,14 @@ impl Transcoder {
         preset: &str,
         events: &Publisher,
         template: Sidecar,
+        container: Container,
         cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
         let temp = output::temp_path(path, &job.id.to_string(), &self.host);
         output::prepare(path.parent().expect("output has a directory"), &temp)?;
         let result = self
             .encode_to(
-                job, source, title, path, &temp, preset, events, template, cancel,
+                job, source, title, path, &temp, preset, events, template, container, cancel,
             )
             .await;
         if result.is_err() {
@@ -345,6 +459,7 @@ impl Transcoder {
         preset: &str,
         events: &Publisher,
         template: Sidecar,
+        container: Container,
         cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
         let tracks = tracks_for(&self.tracks, title);
@@ -353,7 +468,7 @@ impl Transcoder {
             title: title.index,
             output: temp,
             preset,
-            format: self.container.handbrake_format(),
+            format: container.handbrake_format(),
             tracks: &tracks,
         };
         info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
@@ -362,6 +477,7 @@ impl Transcoder {
             if let Some(a) = a {
                 a.title = Some(title.index);
                 a.percent = Some(0.0);
+                a.stage = Some("encode".to_owned());
             }
         });
         let encode = self
@@ -455,8 +571,14 @@ impl Transcoder {
         let size = std::fs::metadata(temp)
             .map_err(|e| output::io_failure(temp, &e))?
             .len();
+        // Recorded in the sidecar: the ledger of the copies (rafty-replicate, raftyctl audit)
+        // starts from the hash of what was verified here, not of what is on disk later.
+        let sha256 = sha256_of(temp)
+            .await
+            .map_err(|e| output::io_failure(temp, &e))?;
         let sidecar = Sidecar {
             output_size: size,
+            output_sha256: Some(sha256),
             output_duration_secs: got.duration.as_secs_f64(),
             finished_at: now(),
             ..template
@@ -484,6 +606,119 @@ impl Transcoder {
 }
 
 impl Transcoder {
+    /// Fetch the job's image from the store into a scratch directory of its own, verified against
+    /// the job's SHA-256. Only the store in this worker's config is asked; a job's `source.url`
+    /// gives at most the image's place in it.
+    async fn fetch(
+        &self,
+        job: &Job,
+        store: &StoreClient,
+        events: &Publisher,
+        cancel: &CancellationToken,
+    ) -> Result<Remote, Failure> {
+        let sha256 = job.source.sha256.as_deref().ok_or_else(|| {
+            Failure::BadMessage(format!(
+                "{} cannot be read on this worker and the job has no source.sha256 to check a fetched copy against; \
+                 resubmit it with `raftyctl submit --checksum`, or give this worker the storage",
+                job.source.path.display()
+            ))
+        })?;
+        let url_path = match &job.source.url {
+            Some(url) => {
+                if !url.starts_with(store.base()) {
+                    info!(job_url = %url, store = %store.base(), "the job names another store's address; fetching from this worker's own store");
+                }
+                image_url_path_of(url)
+                    .map_err(|e| Failure::BadMessage(format!("source.url {e}")))?
+            }
+            None => image_url_path(&job.source.path),
+        };
+        let health = store.health().await.map_err(|e| self.store_failed(e))?;
+        let naming = Naming::new(&health.movie_name, &health.title_name, health.container)
+            .map_err(|e| {
+                Failure::BadMessage(format!("the naming of store {}: {e}", store.base()))
+            })?;
+        let scratch = ScratchJob::create(&self.scratch_dir, job)?;
+        let image = scratch.dir().join("source.iso");
+        let shown = job.source.path.display().to_string();
+        info!(store = %store.base(), image = %url_path, "fetching the image from the store");
+        announced(
+            job,
+            &self.host,
+            wire::Direction::Download,
+            &shown,
+            events,
+            async |progress| {
+                store
+                    .fetch(&url_path, &image, sha256, progress, cancel)
+                    .await
+            },
+            &self.activity,
+        )
+        .await
+        .map_err(|e| self.store_failed(e))?;
+        Ok(Remote {
+            scratch,
+            image,
+            naming,
+            container: health.container,
+        })
+    }
+
+    /// Send a verified output made in scratch to the store; the output event names where it is now.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_back(
+        &self,
+        job: &Job,
+        store: &StoreClient,
+        file: &str,
+        path: &Path,
+        done: Sidecar,
+        events: &Publisher,
+        cancel: &CancellationToken,
+    ) -> Result<wire::OutputDone, Failure> {
+        let sha256 = match &done.output_sha256 {
+            Some(sha256) => sha256.clone(),
+            None => sha256_of(path)
+                .await
+                .map_err(|e| output::io_failure(path, &e))?,
+        };
+        let offer = OutputOffer {
+            job: job.id,
+            output: file.to_owned(),
+            size: done.output_size,
+            sha256,
+            sidecar: done,
+        };
+        let uploaded = announced(
+            job,
+            &self.host,
+            wire::Direction::Upload,
+            file,
+            events,
+            async |progress| store.upload(&offer, path, progress, cancel).await,
+            &self.activity,
+        )
+        .await
+        .map_err(|e| self.store_failed(e))?;
+        let _ = std::fs::remove_file(path);
+        Ok(match uploaded {
+            Uploaded::Committed(there, _) => output_event(&there, &offer.sidecar, false),
+            Uploaded::InPlace(there, found) => {
+                info!(output = %there.display(), made_by = %found.job_id, "the same work reached the store's library first; its output stands");
+                output_event(&there, &found, false)
+            }
+        })
+    }
+
+    fn store_failed(&self, e: rafty_store::StoreError) -> Failure {
+        let failure = store_failure(e);
+        if let (Failure::StoreUnauthorized(why), Some(gate)) = (&failure, &self.gate) {
+            gate.refused(why);
+        }
+        failure
+    }
+
     /// The worker's metrics.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
@@ -519,6 +754,7 @@ fn output_event(path: &Path, sidecar: &Sidecar, skipped: bool) -> wire::OutputDo
         duration_secs: sidecar.output_duration_secs,
         size: sidecar.output_size,
         skipped,
+        sha256: sidecar.output_sha256.clone(),
     }
 }
 

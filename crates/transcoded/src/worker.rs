@@ -116,11 +116,17 @@ impl StatusSource {
 }
 
 impl Processor for Worker {
-    async fn connected(&self, conn: &Connection, ensured: &Ensured) -> Result<SessionTasks, Error> {
+    async fn connected(
+        &self,
+        conn: &Arc<Connection>,
+        ensured: &Ensured,
+    ) -> Result<SessionTasks, Error> {
         if let Ensured::Checked { .. } = ensured {
             check_retry_rungs(conn, &self.topology).await?;
         }
-        let control = rafty_queue::control::serve(conn, self.control.clone()).await?;
+        // In the background: on a cluster with a frozen node, its private queue waits for that
+        // node, and jobs must not.
+        let control = rafty_queue::control::serve_in_background(conn.clone(), self.control.clone());
         // Its own channel: a broker return is matched to whichever confirm completes next on a
         // channel, and must never be taken by a heartbeat instead of a job's copy.
         let beats = Publisher::open(conn, &self.app_id, self.confirm_timeout).await?;

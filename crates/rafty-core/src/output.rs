@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use rafty_core::Failure;
+use crate::Failure;
 use serde::{Deserialize, Serialize};
 
 /// Suffix of the sidecar manifest written beside each output.
@@ -42,6 +42,10 @@ pub struct Sidecar {
     pub output: String,
     /// The output's size in bytes.
     pub output_size: u64,
+    /// The output's SHA-256 (hex), hashed before it was put in place (absent in sidecars made
+    /// before Rafty recorded it; `rafty-replicate` then records the hash it first reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
     /// The output's duration in seconds, as HandBrake scanned it.
     pub output_duration_secs: f64,
     /// The source title's duration in seconds.
@@ -357,6 +361,7 @@ mod tests {
             handbrake: "HandBrake 1.6.1".into(),
             output: "a.mkv".into(),
             output_size: 3,
+            output_sha256: None,
             output_duration_secs: 20.0,
             title_duration_secs: 20.0,
             host: "h".into(),
