@@ -8,7 +8,8 @@
 //! `raftyctl submit` runs just after the kill) and restart it; SIGSTOP a worker's node for 20 s, then
 //! SIGCONT. Afterwards, by job id: exactly one output and sidecar per job, no dead letter, every
 //! queue empty (by consuming), neither worker exited, the redeliveries counted, each worker back on a
-//! node within 2 s of a kill and within 2 × heartbeat + 2 s of a freeze, and every queue back to
+//! node within 15 s of a kill and within 2 × heartbeat + 15 s of a freeze (liveness bounds that hold on
+//! a loaded CI machine; the speed of a fail-over is the bench's cluster group), and every queue back to
 //! three members; `raftyctl status` shows them, and warns (with the grow command) when one is short.
 //!
 //! This binary has its own nodes: they are killed and frozen.
