@@ -23,6 +23,7 @@
 //!   bridge, links cut and a store killed mid-transfer.
 //! - `tests/cluster.rs`: a three-node RabbitMQ cluster whose nodes it kills, restarts and freezes.
 
+mod dashboard;
 mod eject;
 mod hostile;
 mod observe;

@@ -291,6 +291,10 @@ fn unit_copies() -> tempfile::TempDir {
             "rafty-audit.service",
             "ExecStart=/usr/local/bin/raftyctl --config /etc/rafty/rafty.toml audit --percent 25 --max-duration 6h --repair",
         ),
+        (
+            "rafty-dashboard.service",
+            "ExecStart=/usr/local/bin/raftyctl --config /etc/rafty/rafty.toml dashboard --listen 0.0.0.0:8765 --state-dir /var/lib/rafty-dashboard",
+        ),
     ];
     for (unit, exec) in units {
         let body = read(&root.join(unit));
@@ -327,10 +331,11 @@ fn systemd_analyze_verify_accepts_both_units() {
         .arg(dir.path().join("transcoded.service"))
         .arg(dir.path().join("rafty-store.service"))
         .arg(dir.path().join("rafty-replicate.service"))
-        .arg(dir.path().join("rafty-audit.service")));
+        .arg(dir.path().join("rafty-audit.service"))
+        .arg(dir.path().join("rafty-dashboard.service")));
     let (stdout, stderr) = text(&out);
     eprintln!(
-        "systemd-analyze verify rip@.service rip@sr0.service transcoded.service rafty-store.service rafty-replicate.service rafty-audit.service: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
+        "systemd-analyze verify rip@.service rip@sr0.service transcoded.service rafty-store.service rafty-replicate.service rafty-audit.service rafty-dashboard.service: {}\nstdout: {stdout:?}\nstderr: {stderr:?}",
         out.status
     );
     assert!(out.status.success(), "verify failed:\n{stdout}{stderr}");
@@ -373,7 +378,7 @@ fn verify_catches_a_broken_unit() {
 
 /// Highest overall exposure accepted. Measured with systemd 252: rip@sr0.service 1.5,
 /// transcoded.service 1.2, rafty-store.service 1.1, rafty-replicate.service 1.2,
-/// rafty-audit.service 1.2 (0 = locked down, 10 = unprotected).
+/// rafty-audit.service 1.2, rafty-dashboard.service 1.1 (0 = locked down, 10 = unprotected).
 const MAX_EXPOSURE: f64 = 2.0;
 
 #[test]
@@ -386,6 +391,7 @@ fn systemd_analyze_security_scores_both_units_low() {
         "rafty-store.service",
         "rafty-replicate.service",
         "rafty-audit.service",
+        "rafty-dashboard.service",
     ] {
         let out = run(Command::new(&systemd_analyze)
             .args(["security", "--offline=true", "--no-pager"])

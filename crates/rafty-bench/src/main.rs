@@ -21,6 +21,9 @@
 //!   the worker consuming again within 2 s (p99).
 //! - `failures`: retryable failure → redelivery vs the rung's TTL, permanent failure → dead-letter
 //!   queue, each vs minimal lapin loops making the same hop on the same broker ([`failures`]).
+//! - `dashboard`: `raftyctl dashboard` with a 10 000-job history under 20 simulated workers at one
+//!   progress event a second: event → SSE client latency (target p99 ≤ 250 ms), RSS (≤ 32 MiB),
+//!   CPU, and the first render of the history in headless chromium (≤ 300 ms) ([`dashboard`]).
 //!
 //! It starts its own private RabbitMQ node and builds its own DVD-Video ISO (rafty-testkit); each
 //! group that uses the broker gets a fresh vhost, so its queues start empty. `--quick` is CI's short
@@ -38,6 +41,7 @@ use rafty_handbrake::{EncodeRequest, HandBrake};
 use rafty_testkit::{Broker, Env, fixture_iso};
 
 mod cluster;
+mod dashboard;
 mod dispatch;
 mod failures;
 mod fleet;
@@ -61,7 +65,8 @@ struct Cli {
     /// workers vs ideal), `failures` (retry redelivery vs TTL, time to dead letter), `store`
     /// (transfers to and from rafty-store vs curl, a cut, a fetching worker vs a local one) or
     /// `replicate` (replication lag, a copy vs cp, the audit vs sha256sum) or `cluster` (three nodes
-    /// vs one: rates; fail-over when a node is killed)
+    /// vs one: rates; fail-over when a node is killed) or `dashboard` (event → browser latency,
+    /// memory and CPU under 20 workers, first render of a 10 000-job history)
     #[arg(long, value_name = "GROUP")]
     only: Option<String>,
 }
@@ -69,7 +74,7 @@ struct Cli {
 const PRESET: &str = "Very Fast 480p30";
 
 /// The groups, in the order they run.
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "worker",
     "rip",
     "dispatch",
@@ -78,6 +83,7 @@ const GROUPS: [&str; 8] = [
     "store",
     "replicate",
     "cluster",
+    "dashboard",
 ];
 
 fn median(v: &mut [f64]) -> f64 {
@@ -153,6 +159,7 @@ fn main() -> anyhow::Result<()> {
     let store_params = store::Params::new(cli.quick);
     let replicate_params = replicate::Params::new(cli.quick);
     let cluster_params = cluster::Params::new(cli.quick);
+    let dashboard_params = dashboard::Params::new(cli.quick);
     eprintln!(
         "rafty-bench: {} mode: {title_secs} s title, {warmup} warm-up, {reps} repetitions",
         if cli.quick { "quick" } else { "full" }
@@ -224,6 +231,15 @@ fn main() -> anyhow::Result<()> {
             t0,
         )?);
     }
+    if wants("dashboard") {
+        let t0 = Instant::now();
+        let env = Env::new(&broker, "bench-dashboard");
+        rows.extend(timed(
+            "dashboard",
+            dashboard::bench(&env, &dashboard_params),
+            t0,
+        )?);
+    }
     let load_after = loadavg();
     let header = "| figure: median (min–max) | Rafty | baseline | ratio of medians | target | |\n|---|---|---|---|---|---|";
     let machine = format!(
@@ -255,7 +271,8 @@ fn main() -> anyhow::Result<()> {
     println!("failures: {}", failures_params.describe());
     println!("store: {}", store_params.describe());
     println!("replicate: {}", replicate_params.describe());
-    println!("cluster: {}\n", cluster_params.describe());
+    println!("cluster: {}", cluster_params.describe());
+    println!("dashboard: {}\n", dashboard_params.describe());
     println!("{table}");
     if let Some(path) = &cli.write {
         let workloads = Workloads {

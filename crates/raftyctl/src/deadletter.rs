@@ -99,6 +99,18 @@ impl Parked {
             .unwrap_or_else(|| "-".to_owned())
     }
 
+    /// The job's output name, when the body is (still) a job.
+    fn name(&self) -> Option<String> {
+        /// Just the name of a body that may not be a whole job.
+        #[derive(serde::Deserialize)]
+        struct Name {
+            name: String,
+        }
+        serde_json::from_slice::<Name>(&self.delivery.data)
+            .ok()
+            .map(|v| v.name)
+    }
+
     fn summary(&self) -> Summary {
         let p = &self.delivery.properties;
         let reason =
@@ -122,16 +134,25 @@ impl Parked {
 }
 
 /// One parked job, as `list --json` prints it.
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-struct Summary {
-    id: String,
-    failed_at: Option<String>,
-    attempt: Option<i64>,
-    host: Option<String>,
-    class: Option<String>,
-    reason: String,
-    routing_key: String,
+pub(crate) struct Summary {
+    pub(crate) id: String,
+    pub(crate) failed_at: Option<String>,
+    pub(crate) attempt: Option<i64>,
+    pub(crate) host: Option<String>,
+    pub(crate) class: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) routing_key: String,
+}
+
+/// A parked job's summary and its job's output name (when the body is a job): what the dashboard
+/// lists.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Listed {
+    #[serde(flatten)]
+    pub(crate) summary: Summary,
+    pub(crate) name: Option<String>,
 }
 
 /// `show`: the summary and the job's body.
@@ -164,6 +185,96 @@ async fn browse(channel: &Channel) -> Result<Vec<Parked>, Failure> {
     }
 }
 
+/// Every parked job's summary, in queue order, the queue left as it was: the messages are fetched
+/// unacknowledged on `channel` and go back when the caller closes it (`list`, and the dashboard).
+pub(crate) async fn list(channel: &Channel) -> Result<Vec<Listed>, Failure> {
+    Ok(browse(channel)
+        .await?
+        .iter()
+        .map(|p| Listed {
+            summary: p.summary(),
+            name: p.name(),
+        })
+        .collect())
+}
+
+/// `requeue`: send the parked jobs `ids` (or `all`) back where they first arrived, attempt count 0,
+/// each acked only after its copy is confirmed; `requeued` is called with each id as it goes. Nothing
+/// is requeued when one of `ids` is not parked (`exit::DATAERR`). The caller closes `channel`, which
+/// gives the others back to the queue. Used by the command and by the dashboard's requeue button.
+pub(crate) async fn requeue(
+    channel: &Channel,
+    publisher: &rafty_queue::Publisher,
+    ids: &[String],
+    all: bool,
+    mut requeued: impl FnMut(&str),
+) -> Result<Vec<String>, Failure> {
+    let parked = browse(channel).await?;
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !parked.iter().any(|p| &p.id() == *id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::new(
+            exit::DATAERR,
+            format!(
+                "not in {DEAD_QUEUE}: {}; nothing was requeued",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut done = Vec::new();
+    for p in parked.iter().filter(|p| all || ids.contains(&p.id())) {
+        let props = &p.delivery.properties;
+        let key = header(props, HEADER_ORIGINAL_ROUTING_KEY)
+            .unwrap_or_else(|| p.delivery.routing_key.as_str().to_owned());
+        let exchange = header(props, HEADER_ORIGINAL_EXCHANGE)
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| RIP_EXCHANGE.to_owned());
+        let mut headers = FieldTable::default();
+        for (k, v) in props.headers().clone().unwrap_or_default().inner() {
+            let k = k.as_str();
+            if !(k.starts_with("x-rafty-")
+                || k.starts_with("x-death")
+                || k.starts_with("x-first-death")
+                || k.starts_with("x-last-death"))
+            {
+                headers.insert(k.into(), v.clone());
+            }
+        }
+        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+        publisher
+            .publish(
+                &exchange,
+                &key,
+                &p.delivery.data,
+                props.clone().with_headers(headers),
+                true,
+            )
+            .await
+            .map_err(|e| {
+                Failure::new(exit::UNAVAILABLE, format!("{}: not requeued: {e}", p.id()))
+            })?;
+        p.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    exit::UNAVAILABLE,
+                    format!("{}: requeued but still parked: {e}", p.id()),
+                )
+            })?;
+        requeued(&p.id());
+        done.push(p.id());
+    }
+    Ok(done)
+}
+
 pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), Failure> {
     let (conn, publisher, _) = open(loaded).await?;
     let channel = conn
@@ -173,8 +284,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
     let result = async {
         match cmd {
             DeadLetterCommand::List { json } => {
-                for p in browse(&channel).await? {
-                    let s = p.summary();
+                for Listed { summary: s, .. } in list(&channel).await? {
                     if json {
                         println!("{}", serde_json::to_string(&s).expect("json"));
                     } else {
@@ -207,70 +317,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                 Ok(())
             }
             DeadLetterCommand::Requeue { ids, all } => {
-                let parked = browse(&channel).await?;
-                let missing: Vec<&String> = ids
-                    .iter()
-                    .filter(|id| !parked.iter().any(|p| &p.id() == *id))
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(Failure::new(
-                        exit::DATAERR,
-                        format!(
-                            "not in {DEAD_QUEUE}: {}; nothing was requeued",
-                            missing
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                for p in parked.iter().filter(|p| all || ids.contains(&p.id())) {
-                    let props = &p.delivery.properties;
-                    let key = header(props, HEADER_ORIGINAL_ROUTING_KEY)
-                        .unwrap_or_else(|| p.delivery.routing_key.as_str().to_owned());
-                    let exchange = header(props, HEADER_ORIGINAL_EXCHANGE)
-                        .filter(|e| !e.is_empty())
-                        .unwrap_or_else(|| RIP_EXCHANGE.to_owned());
-                    let mut headers = FieldTable::default();
-                    for (k, v) in props.headers().clone().unwrap_or_default().inner() {
-                        let k = k.as_str();
-                        if !(k.starts_with("x-rafty-")
-                            || k.starts_with("x-death")
-                            || k.starts_with("x-first-death")
-                            || k.starts_with("x-last-death"))
-                        {
-                            headers.insert(k.into(), v.clone());
-                        }
-                    }
-                    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
-                    publisher
-                        .publish(
-                            &exchange,
-                            &key,
-                            &p.delivery.data,
-                            props.clone().with_headers(headers),
-                            true,
-                        )
-                        .await
-                        .map_err(|e| {
-                            Failure::new(
-                                exit::UNAVAILABLE,
-                                format!("{}: not requeued: {e}", p.id()),
-                            )
-                        })?;
-                    p.delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .map_err(|e| {
-                            Failure::new(
-                                exit::UNAVAILABLE,
-                                format!("{}: requeued but still parked: {e}", p.id()),
-                            )
-                        })?;
-                    println!("{}", p.id());
-                }
+                requeue(&channel, &publisher, &ids, all, |id| println!("{id}")).await?;
                 Ok(())
             }
             DeadLetterCommand::Purge { yes } => {

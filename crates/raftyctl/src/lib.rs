@@ -3,6 +3,7 @@
 //! `main.rs` parses the command line into [`Cli`] and calls [`run`]; everything a command prints for
 //! scripts goes to stdout, diagnostics to stderr.
 
+pub mod dashboard;
 pub mod deadletter;
 pub mod members;
 pub mod replicate;
@@ -65,6 +66,14 @@ pub enum Command {
     /// Jobs that rip could not publish while the broker was away ([rip] spool-dir/outbox).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// A live web page of the fleet: drives, queues, jobs in flight, workers, history, dead
+    /// letters (docs/dashboard.md).
+    ///
+    /// Serves the page on --listen and keeps it live with server-sent events. Read-only unless
+    /// --allow-actions: then the page's buttons (requeue a dead letter, drain or resume a worker)
+    /// send the token of --token-file in the X-Rafty-Token header. The history (the newest
+    /// 10 000 jobs) is kept in --state-dir, fed by the durable queue rafty.dashboard.history.
+    Dashboard(dashboard::DashboardArgs),
     /// Jobs parked in rafty.transcode.dead: list, show, requeue after a fix, purge.
     #[command(subcommand, name = "dead-letter")]
     DeadLetter(deadletter::DeadLetterCommand),
@@ -122,6 +131,7 @@ pub async fn run(cli: Cli, loaded: Loaded) -> Result<(), Failure> {
         Command::Resume { host } => status::steer(&loaded, &ControlRequest::Resume { host }).await,
         Command::Submit(args) => submit::submit(&loaded, args).await,
         Command::Outbox(cmd) => outbox(&loaded, cmd).await,
+        Command::Dashboard(args) => dashboard::run(&loaded, args).await,
         Command::DeadLetter(cmd) => deadletter::run(&loaded, cmd).await,
         Command::Replicate(cmd) => replicate::run(&loaded, cmd).await,
         Command::Audit(args) => replicate::audit(&loaded, args).await,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{Failure, close, open};
 
 /// How long workers get to answer.
-const WAIT: Duration = Duration::from_millis(1000);
+pub(crate) const WAIT: Duration = Duration::from_millis(1000);
 
 /// `raftyctl status --json`.
 #[derive(Serialize)]
@@ -28,25 +28,32 @@ struct Report {
 }
 
 /// One queue's depth.
-#[derive(Serialize)]
-struct Depth {
-    name: String,
-    messages: u32,
-    consumers: u32,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Depth {
+    pub(crate) name: String,
+    pub(crate) messages: u32,
+    pub(crate) consumers: u32,
 }
 
-pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
-    let (conn, publisher, url) = open(loaded).await?;
-    let topology = Topology::from_config(&loaded.config.transcode);
+/// The queues `status` shows, in order: the work queue, each retry rung, the dead letters.
+pub(crate) fn queue_names(topology: &Topology) -> Vec<String> {
     let mut names = vec![WORK_QUEUE.to_owned()];
     names.extend(
         (0..topology.retry_delays.len() as u32).filter_map(|i| topology.retry_queue_for(i)),
     );
     names.push(DEAD_QUEUE.to_owned());
+    names
+}
+
+/// Each queue's depth and consumers, by passive declaration on `channel` (which the broker closes
+/// when a queue is missing).
+pub(crate) async fn depths(
+    channel: &lapin::Channel,
+    names: &[String],
+) -> Result<Vec<Depth>, Failure> {
     let mut queues = Vec::new();
-    for name in &names {
-        let q = publisher
-            .channel()
+    for name in names {
+        let q = channel
             .queue_declare(
                 name.as_str().into(),
                 QueueDeclareOptions {
@@ -63,6 +70,14 @@ pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
             consumers: q.consumer_count(),
         });
     }
+    Ok(queues)
+}
+
+pub(crate) async fn run(loaded: &Loaded, as_json: bool) -> Result<(), Failure> {
+    let (conn, publisher, url) = open(loaded).await?;
+    let topology = Topology::from_config(&loaded.config.transcode);
+    let names = queue_names(&topology);
+    let queues = depths(&publisher.channel(), &names).await?;
     let mut workers = rafty_queue::control::ask(&conn, &ControlRequest::Status, WAIT)
         .await
         .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;

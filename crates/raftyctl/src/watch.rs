@@ -131,6 +131,13 @@ pub fn describe(event: &Event) -> Option<Line> {
     Some(line)
 }
 
+/// What `watch` (and the dashboard) bind their private queue to: every worker event and every rip
+/// event.
+pub(crate) const BINDINGS: [(&str, &str); 2] = [
+    (EVENTS_EXCHANGE, "rafty.transcode.#"),
+    (RIP_EXCHANGE, "rafty.rip.*"),
+];
+
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
@@ -138,15 +145,9 @@ fn short(id: &str) -> &str {
 pub(crate) async fn run(loaded: &Loaded) -> Result<(), Failure> {
     let (conn, publisher, url) = open(loaded).await?;
     let ch = publisher.channel();
-    let mut events = rafty_queue::control::listen(
-        &ch,
-        &[
-            (EVENTS_EXCHANGE, "rafty.transcode.#"),
-            (RIP_EXCHANGE, "rafty.rip.*"),
-        ],
-    )
-    .await
-    .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    let mut events = rafty_queue::control::listen(&ch, &BINDINGS)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     eprintln!("raftyctl: watching rips and encodes on {url} (Ctrl-C to stop)");
 
     let terminal = std::io::stdout().is_terminal();
