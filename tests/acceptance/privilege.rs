@@ -1,6 +1,6 @@
 //! Least privilege: `scripts/broker-users` makes one broker user per role; each program works with its
 //! own user's rights, and a worker's credentials can neither publish to `rafty.rip` nor read dead
-//! letters.
+//! letters; the replicator's user may declare only its own queues and exchange.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -123,6 +123,9 @@ fn attempt(url: &str, what: &str) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
             }
+            "declare a destination's queue" => rafty_replicate::replicator::declare(&conn, "usb")
+                .await
+                .map_err(|e| e.to_string()),
             "declare a queue" => ch
                 .queue_declare(
                     "rafty.something-else".into(),
@@ -154,7 +157,7 @@ fn mode(path: &Path) -> u32 {
 fn each_role_gets_only_its_rights_and_a_worker_cannot_publish_rip_jobs_or_read_dead_letters() {
     let env = Env::new(shared_broker(), "users-refused");
     let (users, stdout) = make_users(&env);
-    for role in ["rip", "worker", "notify", "admin"] {
+    for role in ["rip", "worker", "notify", "replicate", "admin"] {
         let file = users.dir.join(format!("rafty-{role}.url"));
         assert_eq!(mode(&file), 0o600, "{} is private", file.display());
         let password = users.url(role);
@@ -197,6 +200,14 @@ fn each_role_gets_only_its_rights_and_a_worker_cannot_publish_rip_jobs_or_read_d
     let notify = users.url("notify");
     refused(&notify, "publish to rafty.rip");
     refused(&notify, "read dead letters");
+
+    // What rafty-replicate declares when it connects: its queue, bound to the rip and events
+    // exchanges, and the request exchange of `raftyctl replicate reconcile`.
+    let replicate = users.url("replicate");
+    assert_eq!(attempt(&replicate, "declare a destination's queue"), Ok(()));
+    refused(&replicate, "declare a queue");
+    refused(&replicate, "publish to rafty.rip");
+    refused(&replicate, "read dead letters");
 }
 
 #[test]

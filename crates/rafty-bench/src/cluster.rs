@@ -476,7 +476,7 @@ fn failover(cluster: &Cluster, urls: &[String], p: &Params) -> anyhow::Result<Ve
             "| cluster fail-over: SIGKILL of the worker's node → its next job start through another node, p50 of {k} kills{leaders} (ms) | {p50:.0} | | | | |"
         ),
         format!(
-            "| cluster fail-over: the same, p99 of {k} kills (ms) | {p99:.0} | target {FAILOVER_TARGET_MS:.0} (tests/cluster.rs's bound) | {:.2}× | ≤ 1.00× | {} |",
+            "| cluster fail-over: the same, p99 of {k} kills (ms) | {p99:.0} | target {FAILOVER_TARGET_MS:.0} (tests/cluster.rs asserts only a 15 s liveness bound) | {:.2}× | ≤ 1.00× | {} |",
             p99 / FAILOVER_TARGET_MS,
             verdict(p99 <= FAILOVER_TARGET_MS)
         ),
