@@ -4,9 +4,10 @@
 //! - Event → browser latency: each progress event's publish (on the bench's broker) to the moment
 //!   an SSE client on loopback reads the delta that carries it; p50 and p99, target p99 ≤ 250 ms.
 //! - The dashboard's RSS (target ≤ 32 MiB) and CPU over that load.
-//! - First render: headless chromium loads the page; the page records `performance.now()` once the
-//!   first snapshot (the whole history) is in the DOM and laid out (`data-first-render-ms`), read
-//!   with `--dump-dom`. Target ≤ 300 ms.
+//! - First render: headless chromium (driven by chromedriver) loads the page; the page records
+//!   `performance.now()` once the first snapshot (the whole history) is in the DOM and laid out
+//!   (`data-first-render-ms`), read back over WebDriver. The page puts the newest 200 rows of the
+//!   history in the DOM (the rest behind "Show older"). Target ≤ 300 ms.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -59,6 +60,98 @@ impl Drop for Running {
     }
 }
 
+/// Load the page `p.renders` times in headless chromium (one browser, a fresh navigation each
+/// time) and read the `data-first-render-ms` it records.
+fn first_renders(url: &str, p: &Params) -> anyhow::Result<Vec<f64>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _driver = Running(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("chromedriver (chromium-driver, scripts/install-deps): {e}")
+            })?,
+    );
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let base = format!("http://127.0.0.1:{port}");
+    let call =
+        |method: &str, path: &str, body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+            let url = format!("{base}{path}");
+            let mut r = if method == "DELETE" {
+                http.delete(&url).call()?
+            } else {
+                http.post(&url)
+                    .header("content-type", "application/json")
+                    .send(body.to_string())?
+            };
+            let status = r.status().as_u16();
+            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+            anyhow::ensure!(status == 200, "WebDriver {method} {path}: {v}");
+            Ok(v["value"].clone())
+        };
+    wait_for("chromedriver", Duration::from_secs(30), || {
+        http.get(format!("{base}/status"))
+            .call()
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    let session = call(
+        "POST",
+        "/session",
+        serde_json::json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium",
+                // --no-sandbox: root.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900"]}}}}),
+    )?;
+    let id = session["sessionId"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no WebDriver session: {session}"))?
+        .to_owned();
+    let s = format!("/session/{id}");
+    let mut renders = Vec::new();
+    for _ in 0..p.renders {
+        call(
+            "POST",
+            &format!("{s}/url"),
+            serde_json::json!({"url": "about:blank"}),
+        )?;
+        call("POST", &format!("{s}/url"), serde_json::json!({"url": url}))?;
+        let t0 = Instant::now();
+        let (ms, rows) = loop {
+            let v = call(
+                "POST",
+                &format!("{s}/execute/sync"),
+                serde_json::json!({"script": "return [document.documentElement.dataset.firstRenderMs || null, document.querySelectorAll('#history tbody tr').length];", "args": []}),
+            )?;
+            if let Some(ms) = v[0].as_str().and_then(|m| m.parse::<f64>().ok()) {
+                break (ms, v[1].as_u64().unwrap_or(0));
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the page recorded no first render"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The page puts the newest 200 in the DOM ("Show older" adds more).
+        anyhow::ensure!(
+            rows as usize >= p.history.min(200),
+            "the history was not rendered: {rows} rows"
+        );
+        renders.push(ms);
+    }
+    let _ = call("DELETE", &s, serde_json::Value::Null);
+    Ok(renders)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -107,36 +200,9 @@ pub fn bench(env: &Env, p: &Params) -> anyhow::Result<Vec<String>> {
         http.get(&url).call().ok()
     });
 
-    // First render of the 10 000-job history in headless chromium.
-    let mut renders = Vec::new();
-    for _ in 0..p.renders {
-        let out = Command::new("chromium")
-            // --timeout, not --virtual-time-budget: the latter never ends while the SSE stream is
-            // open. --no-sandbox: root.
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--timeout=4000",
-                "--dump-dom",
-                &url,
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| anyhow::anyhow!("chromium (scripts/install-deps installs it): {e}"))?;
-        let dom = String::from_utf8_lossy(&out.stdout);
-        let ms = dom
-            .split("data-first-render-ms=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| anyhow::anyhow!("the page recorded no first render:\n{dom:.2000}"))?;
-        anyhow::ensure!(
-            dom.matches("<tr>").count() >= p.history,
-            "the history was not rendered whole"
-        );
-        renders.push(ms);
-    }
+    // First render of the 10 000-job history in headless chromium, driven by chromedriver: a
+    // `--dump-dom` would print the page at its load event, before the snapshot comes.
+    let mut renders = first_renders(&url, p)?;
 
     // An SSE client: each delta's jobs, matched to the publish that made them.
     let sent: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
@@ -251,7 +317,7 @@ pub fn bench(env: &Env, p: &Params) -> anyhow::Result<Vec<String>> {
             p.workers
         ),
         format!(
-            "| dashboard first render of {} jobs in chromium (ms) | {render:.0} {} | target 300 | {:.2}× | ≤ 1.00× | {} |",
+            "| dashboard first render, a history of {} jobs (newest 200 rows in the DOM), chromium (ms) | {render:.0} {} | target 300 | {:.2}× | ≤ 1.00× | {} |",
             p.history,
             spread(&renders),
             render / 300.0,

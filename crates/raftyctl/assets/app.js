@@ -3,8 +3,11 @@
 'use strict';
 
 const HISTORY_CAP = 10000;
+// The snapshot brings the newest 200 of the history; "Show older" asks /api/history for 200 more.
+// 10 000 rows at once would take seconds on a phone, and nobody reads them all.
+const HISTORY_PAGE = 200;
 const model = {
-  drives: {}, jobs: {}, workers: {}, queues: [], dead: [], history: [],
+  drives: {}, jobs: {}, workers: {}, queues: [], dead: [], history: [], historyTotal: 0,
   actions: false, broker: null, offset: 0,
 };
 let rendered = false;
@@ -107,22 +110,44 @@ function historyRow(h) {
     <td>${esc(h.host)}</td><td class="num">${title}</td><td class="num">${out}</td>
     <td class="num">${size(h.size)}</td><td class="num">${dur(h['elapsed-secs'])}</td></tr>`;
 }
+function historyFooter() {
+  const more = document.getElementById('history-more');
+  const left = model.historyTotal - model.history.length;
+  more.hidden = left <= 0;
+  more.textContent = `Show older (${left} more)`;
+  document.getElementById('history-count').textContent =
+    `(${model.historyTotal}${left > 0 ? `, newest ${model.history.length} shown` : ''})`;
+  document.getElementById('history').classList.toggle('has-rows', model.history.length > 0);
+}
 function renderHistory() {
   const rows = [];
   for (let i = model.history.length - 1; i >= 0; i--) rows.push(historyRow(model.history[i]));
   fill('history', rows);
-  document.getElementById('history-count').textContent = `(${model.history.length})`;
+  historyFooter();
+}
+async function showOlder() {
+  const more = document.getElementById('history-more');
+  more.disabled = true;
+  try {
+    const r = await fetch(`api/history?skip=${model.history.length}&limit=${HISTORY_PAGE}`);
+    const older = await r.json();
+    model.history.unshift(...older.slice().reverse());
+    document.querySelector('#history tbody').insertAdjacentHTML('beforeend', older.map(historyRow).join(''));
+  } finally {
+    more.disabled = false;
+    historyFooter();
+  }
 }
 function addHistory(entries) {
   model.history.push(...entries);
+  model.historyTotal = Math.min(HISTORY_CAP, model.historyTotal + entries.length);
   const tbody = document.querySelector('#history tbody');
   tbody.insertAdjacentHTML('afterbegin', entries.slice().reverse().map(historyRow).join(''));
   while (model.history.length > HISTORY_CAP) {
     model.history.shift();
     tbody.lastElementChild?.remove();
   }
-  document.getElementById('history').classList.toggle('has-rows', model.history.length > 0);
-  document.getElementById('history-count').textContent = `(${model.history.length})`;
+  historyFooter();
 }
 function renderBroker() {
   const b = model.broker, el = document.getElementById('broker');
@@ -143,7 +168,8 @@ function onSnapshot(e) {
   model.offset = s['now-ms'] - Date.now();
   model.actions = s.actions; model.broker = s.broker;
   model.drives = s.drives; model.jobs = s.jobs; model.workers = s.workers;
-  model.queues = s.queues; model.dead = s['dead-letters']; model.history = s.history;
+  model.queues = s.queues; model.dead = s['dead-letters'];
+  model.history = s.history; model.historyTotal = s['history-total'];
   renderBroker(); renderDrives(); renderQueues(); renderJobs(); renderWorkers(); renderDead(); renderHistory();
   if (!rendered) {
     rendered = true;
@@ -194,6 +220,7 @@ function start() {
   token.value = sessionStorage.getItem('rafty-token') || '';
   token.addEventListener('input', () => sessionStorage.setItem('rafty-token', token.value));
   document.getElementById('actions').addEventListener('submit', e => e.preventDefault());
+  document.getElementById('history-more').addEventListener('click', showOlder);
   document.querySelector('main').addEventListener('click', e => {
     const b = e.target.closest('button[data-act]');
     if (b) act(b);

@@ -115,6 +115,9 @@ impl Kind {
     }
 }
 
+/// History entries in a snapshot (oldest first); the rest by [`Model::history_page`].
+pub const SNAPSHOT_HISTORY: usize = 200;
+
 /// Workers silent for this long are dropped from the page.
 const FORGET_WORKER_MS: u64 = 10 * 60 * 1000;
 
@@ -479,20 +482,51 @@ impl Model {
         }
     }
 
-    /// Everything, for a browser that just connected.
-    pub fn snapshot(&self, actions: bool, now: u64) -> Value {
-        json!({
-            "seq": self.seq,
-            "now-ms": now,
-            "actions": actions,
-            "broker": self.broker,
-            "drives": self.drives,
-            "jobs": self.jobs,
-            "workers": self.workers,
-            "queues": self.queues,
-            "dead-letters": self.dead_letters,
-            "history": self.history,
+    /// History entries older than the newest `skip`, newest first, at most `limit`: what the
+    /// page's "Show older" asks for.
+    pub fn history_page(&self, skip: usize, limit: usize) -> String {
+        let page: Vec<&Entry> = self.history.iter().rev().skip(skip).take(limit).collect();
+        serde_json::to_string(&page).expect("entries serialize")
+    }
+
+    /// Everything a browser that just connected needs, as JSON, written straight from the model:
+    /// the newest [`SNAPSHOT_HISTORY`] history entries and how many there are in all (the page
+    /// asks for older ones when it shows them).
+    pub fn snapshot(&self, actions: bool, now: u64) -> String {
+        /// The snapshot's fields, borrowed.
+        #[derive(Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Snapshot<'a> {
+            seq: u64,
+            now_ms: u64,
+            actions: bool,
+            broker: &'a BrokerState,
+            drives: &'a BTreeMap<String, Drive>,
+            jobs: &'a BTreeMap<String, Job>,
+            workers: &'a BTreeMap<String, Worker>,
+            queues: &'a [Depth],
+            dead_letters: &'a [Listed],
+            history: Vec<&'a Entry>,
+            history_total: usize,
+        }
+        serde_json::to_string(&Snapshot {
+            seq: self.seq,
+            now_ms: now,
+            actions,
+            broker: &self.broker,
+            drives: &self.drives,
+            jobs: &self.jobs,
+            workers: &self.workers,
+            queues: &self.queues,
+            dead_letters: &self.dead_letters,
+            history: self
+                .history
+                .iter()
+                .skip(self.history.len().saturating_sub(SNAPSHOT_HISTORY))
+                .collect(),
+            history_total: self.history.len(),
         })
+        .expect("the snapshot serializes")
     }
 
     /// What changed since the last delta, except entities sent less than `min_interval` ago (they
@@ -694,7 +728,7 @@ mod tests {
             }),
             1,
         );
-        let s = m.snapshot(false, 1);
+        let s: Value = serde_json::from_str(&m.snapshot(false, 1)).unwrap();
         assert_eq!(s["drives"]["den:/dev/sr0"]["state"], "ripping");
         assert_eq!(s["drives"]["den:/dev/sr0"]["safe-to-remove"], false);
         m.apply(
@@ -707,7 +741,7 @@ mod tests {
             }),
             2,
         );
-        let s = m.snapshot(true, 2);
+        let s: Value = serde_json::from_str(&m.snapshot(true, 2)).unwrap();
         assert_eq!(s["drives"]["den:/dev/sr0"]["safe-to-remove"], true);
         assert_eq!(s["actions"], true);
     }
@@ -718,6 +752,20 @@ mod tests {
         let mut m = Model::new(String::new(), (0..5).map(entry).collect(), 3);
         assert_eq!(m.history().len(), 3);
         assert_eq!(m.history()[0].name, "job-2");
+        let page: Value = serde_json::from_str(&m.history_page(1, 5)).unwrap();
+        let names: Vec<&str> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["job-3", "job-2"],
+            "newest first, the newest one skipped"
+        );
+        let s: Value = serde_json::from_str(&m.snapshot(false, 0)).unwrap();
+        assert_eq!(s["history-total"], 3);
         m.add_history(entry(9));
         assert_eq!(m.history().len(), 3);
         assert_eq!(m.history()[2].name, "job-9");

@@ -102,6 +102,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/app.css", get(asset("text/css; charset=utf-8", APP_CSS)))
         .route("/events", get(events))
+        .route("/api/history", get(history))
         .route("/api/dead-letters/{id}/requeue", post(requeue))
         .route("/api/workers/{host}/drain", post(drain))
         .route("/api/workers/{host}/resume", post(resume))
@@ -172,6 +173,21 @@ async fn events(
         }
     });
     Sse::new(first.chain(rest)).keep_alive(KeepAlive::default())
+}
+
+/// `/api/history?skip=N&limit=M`: entries older than the newest N, newest first, at most M
+/// (200 by default, 1000 at most).
+async fn history(State(shared): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    let (mut skip, mut limit) = (0usize, 200usize);
+    for pair in uri.query().unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("skip", v)) => skip = v.parse().unwrap_or(0),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(200),
+            _ => {}
+        }
+    }
+    let body = shared.model().history_page(skip, limit.min(1000));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
