@@ -370,6 +370,22 @@ fn the_dashboard_shows_the_fleet_live_in_a_browser_and_its_requeue_needs_the_tok
     });
     browser.screenshot("mid-encode", "body");
 
+    // Drain and resume the worker through the dashboard (what `raftyctl drain/resume` do): the
+    // answers say the worker's new state, and the page shows it.
+    let (status, body) = dash.post("api/workers/dash-host/drain", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"draining\"") || body.contains("\"drained\""),
+        "{body}"
+    );
+    browser.wait_text("#workers", "the drain", |t| t.contains("drain"));
+    let (status, body) = dash.post("api/workers/dash-host/resume", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"working\"") || body.contains("\"idle\""),
+        "{body}"
+    );
+
     let dead = browser.wait_text("#dead", "the dead letter", |t| {
         t.contains(&bad) && t.contains("No title found")
     });
