@@ -293,6 +293,50 @@ async fn resume(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_browser_gets_a_snapshot_then_deltas_and_is_dropped_when_it_falls_behind() {
+        let shared = Arc::new(Shared {
+            model: std::sync::Mutex::new(super::super::model::Model::new(
+                "amqp://u:***@h/".into(),
+                vec![super::super::history::Entry::sample("Old Film", 1)],
+                10,
+            )),
+            deltas: tokio::sync::broadcast::channel(super::super::BACKLOG).0,
+            token: None,
+            session: tokio::sync::RwLock::new(None),
+            poke: tokio::sync::Notify::new(),
+            stopping: tokio::sync::watch::channel(false).0,
+        });
+        let mut body = events(State(shared.clone()))
+            .await
+            .into_response()
+            .into_body()
+            .into_data_stream();
+        let text = |b: axum::body::Bytes| String::from_utf8_lossy(&b).into_owned();
+        let first = text(body.next().await.unwrap().unwrap());
+        assert!(first.starts_with("event: snapshot\n"), "{first}");
+        assert!(first.contains("Old Film") && first.contains("\"actions\":false"));
+        for i in 0..2 {
+            shared
+                .deltas
+                .send(Arc::from(format!("{{\"seq\":{i}}}")))
+                .unwrap();
+        }
+        for i in 0..2 {
+            let d = text(body.next().await.unwrap().unwrap());
+            assert_eq!(d, format!("event: delta\ndata: {{\"seq\":{i}}}\n\n"));
+        }
+        // More than the backlog while the browser reads nothing: it is dropped (the stream ends),
+        // not buffered for.
+        for i in 0..super::super::BACKLOG + 1 {
+            shared
+                .deltas
+                .send(Arc::from(format!("{{\"seq\":{i}}}")))
+                .unwrap();
+        }
+        assert!(body.next().await.is_none(), "the stream ends");
+    }
+
     #[test]
     fn actions_need_them_on_and_the_right_token() {
         let token = Token::new("0123456789abcdef-secret");
