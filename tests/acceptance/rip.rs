@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use rafty_core::names::WORK_QUEUE;
+use rafty_core::names::{RIP_EXCHANGE, WORK_QUEUE};
 use rafty_disc::lock::DriveLock;
 use rafty_disc::mapfile::Map;
 use rafty_testkit::{Env, FaultyDisc, LoopDevice, fixture_iso, shared_broker};
@@ -102,9 +102,27 @@ fn a_scratched_disc_is_mapped_and_a_second_run_reads_only_the_bad_sectors() {
     assert!(sectors > 2600, "the fixture has {sectors} sectors");
     let disc = FaultyDisc::start(&fixture, &[(1200, 1203), (2500, 2500)]);
     let device = disc.path();
+    let amqp = env.amqp();
+    let progress = amqp.tap_on(RIP_EXCHANGE, "rafty.rip.progress");
 
     let first = env.rip(&env.config(), &["--device", device.to_str().unwrap()]);
     assert_eq!(first.status.code(), Some(74), "{}", stderr(&first));
+    // The drive's progress says how many sectors were found unreadable (the dashboard shows it);
+    // the copy's last report counts all five.
+    let counts: Vec<u64> = amqp
+        .drain_events(&progress)
+        .iter()
+        .map(|(_, e)| {
+            e["unreadable"]
+                .as_u64()
+                .expect("unreadable in every rip.progress")
+        })
+        .collect();
+    assert_eq!(
+        counts.last(),
+        Some(&5),
+        "unreadable counts sent: {counts:?}"
+    );
     let err = stderr(&first);
     assert!(
         err.contains("5 sectors") && err.contains("1200-1203, 2500"),
@@ -122,7 +140,6 @@ fn a_scratched_disc_is_mapped_and_a_second_run_reads_only_the_bad_sectors() {
         ["FEATURE_DISC.iso.map", "FEATURE_DISC.iso.part"],
         "no image that looks complete"
     );
-    let amqp = env.amqp();
     assert!(amqp.get(WORK_QUEUE).is_none(), "nothing published");
 
     disc.heal();

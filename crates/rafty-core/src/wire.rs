@@ -399,6 +399,10 @@ pub struct RipProgress {
     /// Seconds left, when known.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// Sectors found unreadable so far (they are retried while passes remain; 0 when a producer
+    /// left it out).
+    #[serde(default)]
+    pub unreadable: u64,
     /// The ripping host (empty when a third-party producer left it out).
     #[serde(default)]
     pub host: String,

@@ -54,6 +54,8 @@ pub struct Progress {
     pub rate: f64,
     /// Estimated time left.
     pub eta: Option<Duration>,
+    /// Sectors found unreadable so far (still to be retried while passes remain).
+    pub unreadable: u64,
 }
 
 /// How a copy ended.
@@ -239,6 +241,7 @@ pub fn copy(
                 total: size,
                 rate,
                 eta,
+                unreadable: map.bytes(BAD) / SECTOR,
             });
         }
     };

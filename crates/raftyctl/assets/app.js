@@ -54,6 +54,7 @@ function renderDrives() {
     <td class="num">${pct(d.percent)}</td>
     <td class="num">${d.rate != null ? (d.rate / 1e6).toFixed(1) + ' MB/s' : '–'}</td>
     <td class="num">${dur(d['eta-secs'])}</td>
+    <td class="num ${d.unreadable ? 'bad' : ''}">${d.unreadable ?? 0}</td>
     <td class="${d['safe-to-remove'] ? 'ok' : 'warn'}">${d['safe-to-remove'] ? 'safe to remove' : 'in use'}</td></tr>`));
 }
 function renderQueues() {

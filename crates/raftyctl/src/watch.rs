@@ -100,7 +100,16 @@ pub fn describe(event: &Event) -> Option<Line> {
             key: drive(&e.device),
             label: format!("{host} rip {}", e.device.display()),
             percent: Some(e.percent),
-            detail: format!("{:.1} MB/s{}", e.rate / 1e6, secs(e.eta_secs)),
+            detail: format!(
+                "{:.1} MB/s{}{}",
+                e.rate / 1e6,
+                secs(e.eta_secs),
+                if e.unreadable > 0 {
+                    format!(", {} sectors unreadable", e.unreadable)
+                } else {
+                    String::new()
+                }
+            ),
             finished: false,
         },
         Event::RipDone(e) => Line {
@@ -280,11 +289,25 @@ mod tests {
             percent: 10.0,
             rate: 2.0e7,
             eta_secs: None,
+            unreadable: 0,
             host: "h".into(),
         }))
         .unwrap();
         assert_eq!(r.key, "h:/dev/sr0");
         assert_eq!(r.detail, "20.0 MB/s");
+        let bad = describe(&Event::RipProgress(RipProgress {
+            device: "/dev/sr0".into(),
+            image: "/iso/X.iso.part".into(),
+            done: 1,
+            total: 10,
+            percent: 10.0,
+            rate: 2.0e7,
+            eta_secs: None,
+            unreadable: 3,
+            host: "h".into(),
+        }))
+        .unwrap();
+        assert_eq!(bad.detail, "20.0 MB/s, 3 sectors unreadable");
         let t = describe(&Event::Transfer(rafty_core::wire::Transfer {
             id,
             host: "laptop".into(),

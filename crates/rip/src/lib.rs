@@ -294,6 +294,7 @@ async fn rip_locked(
                         percent: 100.0 * p.done as f64 / p.total.max(1) as f64,
                         rate: p.rate,
                         eta_secs: p.eta.map(|e| e.as_secs()),
+                        unreadable: p.unreadable,
                         host: ev.host.clone(),
                     }))
                     .await;

@@ -29,6 +29,8 @@ pub struct Drive {
     pub rate: Option<f64>,
     /// Seconds left, when rip says.
     pub eta_secs: Option<u64>,
+    /// Sectors found unreadable (the last count rip sent).
+    pub unreadable: u64,
     /// The image being written or written.
     pub image: Option<String>,
     /// Why the rip failed.
@@ -383,6 +385,7 @@ impl Model {
                         percent: Some(e.percent),
                         rate: Some(e.rate),
                         eta_secs: e.eta_secs,
+                        unreadable: e.unreadable,
                         image: Some(e.image.display().to_string()),
                         error: None,
                         safe_to_remove: false,
@@ -393,6 +396,7 @@ impl Model {
             }
             Event::RipDone(e) => {
                 let key = format!("{}:{}", e.host, e.device.display());
+                let unreadable = self.drives.get(&key).map_or(0, |d| d.unreadable);
                 self.drives.insert(
                     key.clone(),
                     Drive {
@@ -402,6 +406,7 @@ impl Model {
                         percent: Some(100.0),
                         rate: None,
                         eta_secs: None,
+                        unreadable,
                         image: Some(e.image.display().to_string()),
                         error: None,
                         safe_to_remove: true,
@@ -413,6 +418,7 @@ impl Model {
             Event::RipFailed(e) => {
                 let key = format!("{}:{}", e.host, e.device.display());
                 let image = self.drives.get(&key).and_then(|d| d.image.clone());
+                let unreadable = self.drives.get(&key).map_or(0, |d| d.unreadable);
                 self.drives.insert(
                     key.clone(),
                     Drive {
@@ -422,6 +428,7 @@ impl Model {
                         percent: None,
                         rate: None,
                         eta_secs: None,
+                        unreadable,
                         image,
                         error: Some(e.error.clone()),
                         safe_to_remove: true,
@@ -724,6 +731,7 @@ mod tests {
                 percent: 50.0,
                 rate: 1.1e7,
                 eta_secs: Some(3),
+                unreadable: 7,
                 host: "den".into(),
             }),
             1,
@@ -731,6 +739,7 @@ mod tests {
         let s: Value = serde_json::from_str(&m.snapshot(false, 1)).unwrap();
         assert_eq!(s["drives"]["den:/dev/sr0"]["state"], "ripping");
         assert_eq!(s["drives"]["den:/dev/sr0"]["safe-to-remove"], false);
+        assert_eq!(s["drives"]["den:/dev/sr0"]["unreadable"], 7);
         m.apply(
             &Event::RipDone(RipDone {
                 device: "/dev/sr0".into(),
@@ -743,6 +752,10 @@ mod tests {
         );
         let s: Value = serde_json::from_str(&m.snapshot(true, 2)).unwrap();
         assert_eq!(s["drives"]["den:/dev/sr0"]["safe-to-remove"], true);
+        assert_eq!(
+            s["drives"]["den:/dev/sr0"]["unreadable"], 7,
+            "the count rip last sent stays with the finished disc"
+        );
         assert_eq!(s["actions"], true);
     }
 
