@@ -170,8 +170,13 @@ fn cell<T: ToString>(v: &Option<T>) -> String {
 
 /// Fetch every message of the dead queue, unacknowledged.
 async fn browse(channel: &Channel) -> Result<Vec<Parked>, Failure> {
+    browse_at_most(channel, usize::MAX).await
+}
+
+/// Fetch the first `limit` messages of the dead queue, unacknowledged.
+async fn browse_at_most(channel: &Channel, limit: usize) -> Result<Vec<Parked>, Failure> {
     let mut out = Vec::new();
-    loop {
+    while out.len() < limit {
         let got = channel
             .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
             .await
@@ -180,15 +185,17 @@ async fn browse(channel: &Channel) -> Result<Vec<Parked>, Failure> {
             Some(m) => out.push(Parked {
                 delivery: m.delivery,
             }),
-            None => return Ok(out),
+            None => break,
         }
     }
+    Ok(out)
 }
 
-/// Every parked job's summary, in queue order, the queue left as it was: the messages are fetched
-/// unacknowledged on `channel` and go back when the caller closes it (`list`, and the dashboard).
-pub(crate) async fn list(channel: &Channel) -> Result<Vec<Listed>, Failure> {
-    Ok(browse(channel)
+/// The first `limit` parked jobs' summaries, in queue order, the queue left as it was: the
+/// messages are fetched unacknowledged on `channel` and go back when the caller closes it (`list`
+/// with no limit, and the dashboard).
+pub(crate) async fn list(channel: &Channel, limit: usize) -> Result<Vec<Listed>, Failure> {
+    Ok(browse_at_most(channel, limit)
         .await?
         .iter()
         .map(|p| Listed {
@@ -284,7 +291,7 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
     let result = async {
         match cmd {
             DeadLetterCommand::List { json } => {
-                for Listed { summary: s, .. } in list(&channel).await? {
+                for Listed { summary: s, .. } in list(&channel, usize::MAX).await? {
                     if json {
                         println!("{}", serde_json::to_string(&s).expect("json"));
                     } else {

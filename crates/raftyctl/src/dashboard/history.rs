@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rafty_core::wire::{Event, NEXT_DEAD_LETTER, NEXT_REQUEUED};
@@ -198,32 +198,51 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
 
 impl History {
     /// Open (or create) `dir/history.jsonl` and read its newest `cap` entries, oldest first. A
-    /// line that does not parse (the torn end of a write cut by a crash) is skipped.
+    /// line that does not parse is skipped; a torn end (a write cut by a crash) is cut off, so
+    /// the next entry starts a line of its own.
     pub fn open(dir: &Path, cap: usize) -> Result<(History, Vec<Entry>), HistoryError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(FILE);
         let mut entries = std::collections::VecDeque::new();
         let mut lines = 0;
-        match File::open(&path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line.map_err(io(&path))?;
-                    lines += 1;
-                    match serde_json::from_str::<Entry>(&line) {
-                        Ok(e) => {
-                            entries.push_back(e);
-                            if entries.len() > cap {
-                                entries.pop_front();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "a history line that does not parse; skipped")
-                        }
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        // Bytes, not str lines: a write cut inside a multi-byte character must not make the
+        // whole file unreadable.
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in text[..whole]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            lines += 1;
+            match serde_json::from_slice::<Entry>(line) {
+                Ok(e) => {
+                    entries.push_back(e);
+                    if entries.len() > cap {
+                        entries.pop_front();
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a history line that does not parse; skipped")
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path)(e)),
+        }
+        if whole < text.len() {
+            tracing::warn!(
+                bytes = text.len() - whole,
+                "the history file ends in a torn line (a write cut short); cut off"
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_len(whole as u64)?;
+                    f.sync_data()
+                })
+                .map_err(io(&path))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -244,17 +263,28 @@ impl History {
         ))
     }
 
-    /// Append `entry` and fsync it; `false` (nothing written) when the same outcome is there
-    /// already. Past twice the cap, the file is rewritten with the newest `cap` entries of
-    /// `newest` (the model's, which has this one).
-    pub fn append(&mut self, entry: &Entry) -> Result<bool, HistoryError> {
-        if !self.seen.insert(entry.key()) {
+    /// Append `entry` and fsync it; `false` (nothing written) for a `redelivered` event whose
+    /// outcome is there already (only a redelivery can be a copy: a job requeued from the dead
+    /// letters goes round again with the same attempts, and those are new outcomes). On an
+    /// error the file is cut back to what it held, and the entry is not known, so its
+    /// redelivery is written.
+    pub fn append(&mut self, entry: &Entry, redelivered: bool) -> Result<bool, HistoryError> {
+        let key = entry.key();
+        if redelivered && self.seen.contains(&key) {
             return Ok(false);
         }
         let mut line = serde_json::to_vec(entry).expect("entries serialize");
         line.push(b'\n');
-        self.file.write_all(&line).map_err(io(&self.path))?;
-        self.file.sync_data().map_err(io(&self.path))?;
+        let before = self.file.metadata().map_err(io(&self.path))?.len();
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            let _ = self.file.set_len(before);
+            return Err(io(&self.path)(e));
+        }
+        self.seen.insert(key);
         self.lines += 1;
         Ok(true)
     }
@@ -283,17 +313,19 @@ impl History {
         }
         out.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
+        // The old file is gone from the directory now: append to the new one from here on,
+        // whatever happens next.
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(io(&self.path))?;
         self.lines = n;
         self.seen = seen;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
         Ok(())
     }
 }
@@ -309,25 +341,52 @@ mod tests {
         assert!(loaded.is_empty());
         let entries: Vec<Entry> = (0..8).map(|n| Entry::sample(&format!("n{n}"), n)).collect();
         for e in &entries {
-            assert!(h.append(e).unwrap());
+            assert!(h.append(e, false).unwrap());
         }
-        assert!(!h.append(&entries[7]).unwrap(), "a redelivered event");
+        assert!(!h.append(&entries[7], true).unwrap(), "a redelivered event");
         assert!(h.needs_compaction());
         h.compact(&entries[5..]).unwrap();
         assert!(!h.needs_compaction());
         assert!(
-            !h.append(&entries[6]).unwrap(),
+            !h.append(&entries[6], true).unwrap(),
             "still known after compaction"
         );
         drop(h);
         // A torn last line, as a crash mid-write leaves it.
         let path = dir.path().join(FILE);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"id\":\"torn").unwrap();
+        // Cut inside a multi-byte character, too.
+        f.write_all(b"{\"id\":\"torn\", \"name\": \"Am\xc3")
+            .unwrap();
         drop(f);
-        let (_, loaded) = History::open(dir.path(), 3).unwrap();
+        let (mut h, loaded) = History::open(dir.path(), 3).unwrap();
         let names: Vec<&str> = loaded.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["n5", "n6", "n7"]);
+        // The entry written after the torn line (often the redelivery of the torn one's event)
+        // is a line of its own, read back after the next restart.
+        let after = Entry::sample("Amélie", 9);
+        assert!(h.append(&after, true).unwrap());
+        drop(h);
+        let (_, loaded) = History::open(dir.path(), 3).unwrap();
+        let names: Vec<&str> = loaded.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["n6", "n7", "Amélie"]);
+    }
+
+    #[test]
+    fn a_job_requeued_from_the_dead_letters_is_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut h, _) = History::open(dir.path(), 10).unwrap();
+        let dead = Entry {
+            outcome: "dead-letter".into(),
+            ..Entry::sample("Film", 1)
+        };
+        assert!(h.append(&dead, false).unwrap());
+        // Requeued: attempt 0 again, and dead-lettered again: a new outcome, not a copy.
+        assert!(h.append(&dead, false).unwrap());
+        assert!(
+            !h.append(&dead, true).unwrap(),
+            "but a redelivery is a copy"
+        );
     }
 
     #[test]

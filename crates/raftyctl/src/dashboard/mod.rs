@@ -52,6 +52,10 @@ const POLL: Duration = Duration::from_secs(2);
 /// How often the workers are asked for their status (heartbeats come every 30 s by default).
 const ASK_EVERY: u32 = 5;
 
+/// How many dead letters the page lists (the first, in queue order); the queues' table has the
+/// count of all.
+const DEAD_LETTERS_SHOWN: usize = 500;
+
 /// Deltas a browser may be behind before it is dropped (its page reconnects and gets a fresh
 /// snapshot).
 const BACKLOG: usize = 64;
@@ -142,6 +146,9 @@ pub struct Shared {
     session: RwLock<Option<Session>>,
     poke: Notify,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Held while the dead queue is browsed or a dead letter requeued: a browse holds every
+    /// message it fetched until its channel closes, and a requeue meanwhile would not find its job.
+    dead_letters: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -182,6 +189,7 @@ pub async fn run(loaded: &Loaded, args: DashboardArgs) -> Result<(), Failure> {
         session: RwLock::new(None),
         poke: Notify::new(),
         stopping: tokio::sync::watch::channel(false).0,
+        dead_letters: tokio::sync::Mutex::new(()),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -332,7 +340,7 @@ async fn session(
                 continue;
             };
             let mut h = history.lock().await;
-            match h.append(&entry) {
+            match h.append(&entry, d.redelivered) {
                 Ok(true) => {
                     let mut m = shared.model();
                     m.add_history(entry);
@@ -403,12 +411,14 @@ async fn poller(
                 if poked || dead != dead_seen || n % 10 == 0 {
                     // Browsed on a channel of its own, closed at once: the messages go back
                     // untouched, as after `raftyctl dead-letter list`.
+                    let held = shared.dead_letters.lock().await;
                     let browse = conn
                         .create_channel()
                         .await
                         .map_err(amqp("opening a channel"))?;
-                    let listed = crate::deadletter::list(&browse).await;
+                    let listed = crate::deadletter::list(&browse, DEAD_LETTERS_SHOWN).await;
                     let _ = browse.close(200, "dashboard".into()).await;
+                    drop(held);
                     match listed {
                         Ok(l) => {
                             dead_seen = dead;

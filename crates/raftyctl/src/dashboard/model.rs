@@ -483,9 +483,26 @@ impl Model {
             .filter(|(_, w)| now.saturating_sub(w.seen_ms) > FORGET_WORKER_MS)
             .map(|(k, _)| k.clone())
             .collect();
+        let mut jobs = Vec::new();
         for k in gone {
-            self.workers.remove(&k);
+            if let Some(w) = self.workers.remove(&k) {
+                jobs.extend(w.job_id);
+            }
             self.touch(Kind::Worker, &k);
+        }
+        // A worker that went silent with a job in hand (its host died) holds it no more: the
+        // broker gives the job to another worker, whose own events list it again.
+        let hosts: std::collections::BTreeSet<&str> =
+            self.workers.values().map(|w| w.host.as_str()).collect();
+        let orphans: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(id, j)| jobs.contains(id) || !hosts.contains(j.host.as_str()))
+            .filter(|(_, j)| now.saturating_sub(j.started_ms) > FORGET_WORKER_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in orphans {
+            self.job_ended(&id);
         }
     }
 
@@ -516,6 +533,7 @@ impl Model {
             history: Vec<&'a Entry>,
             history_total: usize,
         }
+        let settled = self.history.len().saturating_sub(self.new_history.len());
         serde_json::to_string(&Snapshot {
             seq: self.seq,
             now_ms: now,
@@ -526,12 +544,15 @@ impl Model {
             workers: &self.workers,
             queues: &self.queues,
             dead_letters: &self.dead_letters,
+            // Entries still waiting for the next delta are left to it, or a browser that
+            // connects in between would list them twice.
             history: self
                 .history
                 .iter()
-                .skip(self.history.len().saturating_sub(SNAPSHOT_HISTORY))
+                .take(settled)
+                .skip(settled.saturating_sub(SNAPSHOT_HISTORY))
                 .collect(),
-            history_total: self.history.len(),
+            history_total: settled,
         })
         .expect("the snapshot serializes")
     }
@@ -628,6 +649,47 @@ mod tests {
             fps: Some(250.0),
             eta_secs: Some(12),
         })
+    }
+
+    #[test]
+    fn a_job_whose_worker_went_silent_is_no_longer_in_flight() {
+        let mut m = Model::new(String::new(), Vec::new(), 10);
+        let id = Uuid::new_v4();
+        m.worker_status(&status("attic", WorkerState::Idle, None), 1);
+        m.apply(
+            &Event::Started(Started {
+                id,
+                host: "attic".into(),
+                title: 1,
+                output: "/media/Film.mkv".into(),
+                preset: "P".into(),
+            }),
+            2,
+        );
+        m.forget_silent(5 * 60 * 1000);
+        assert!(m.jobs().contains_key(&id.to_string()), "still heard from");
+        m.forget_silent(2 + FORGET_WORKER_MS + 1);
+        assert!(m.workers().is_empty());
+        assert!(
+            m.jobs().is_empty(),
+            "the job of a host that went silent is not shown as in flight"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_leaves_history_not_yet_sent_to_the_next_delta() {
+        let mut m = Model::new(String::new(), vec![Entry::test_entry("old")], 10);
+        m.add_history(Entry::test_entry("new"));
+        let s: Value = serde_json::from_str(&m.snapshot(false, 1)).unwrap();
+        assert_eq!(s["history"].as_array().unwrap().len(), 1, "{s}");
+        assert_eq!(s["history"][0]["name"], "old");
+        assert_eq!(s["history-total"], 1);
+        let d = m
+            .take_delta(Instant::now(), Duration::from_millis(250), 2)
+            .unwrap();
+        assert_eq!(d["history"][0]["name"], "new", "{d}");
+        let s: Value = serde_json::from_str(&m.snapshot(false, 3)).unwrap();
+        assert_eq!(s["history-total"], 2);
     }
 
     #[test]

@@ -213,6 +213,7 @@ async fn requeue(
             "not connected to the broker".into(),
         ));
     };
+    let held = shared.dead_letters.lock().await;
     let channel = match s.conn.create_channel().await {
         Ok(c) => c,
         Err(e) => return refused((StatusCode::BAD_GATEWAY, e.to_string())),
@@ -226,6 +227,7 @@ async fn requeue(
     )
     .await;
     let _ = channel.close(200, "dashboard".into()).await;
+    drop(held);
     drop(session);
     shared.poke.notify_one();
     match result {
@@ -306,6 +308,7 @@ mod tests {
             session: tokio::sync::RwLock::new(None),
             poke: tokio::sync::Notify::new(),
             stopping: tokio::sync::watch::channel(false).0,
+            dead_letters: tokio::sync::Mutex::new(()),
         });
         let mut body = events(State(shared.clone()))
             .await
