@@ -58,7 +58,8 @@ pub struct Entry {
     pub outcome: String,
     /// The worker's host.
     pub host: String,
-    /// When (RFC 3339): the worker's time for a done job, the dashboard's for a failure.
+    /// When (RFC 3339): the worker's time for a done job; for a failure, when its event was
+    /// published (the dashboard's clock if the event has no timestamp).
     pub when: String,
     /// The attempt (0 = first).
     pub attempt: u32,
@@ -85,6 +86,14 @@ fn title_secs_from_sidecar(output: &Path) -> Option<f64> {
     let text = std::fs::read(sidecar).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     v.get("title-duration-secs")?.as_f64()
+}
+
+/// Seconds since the epoch (an AMQP timestamp) as RFC 3339.
+pub fn rfc3339_of_unix(secs: u64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 fn now_rfc3339() -> String {
@@ -386,6 +395,14 @@ mod tests {
         assert!(
             !h.append(&dead, true).unwrap(),
             "but a redelivery is a copy"
+        );
+    }
+
+    #[test]
+    fn a_publish_timestamp_reads_as_rfc3339() {
+        assert_eq!(
+            rfc3339_of_unix(1_796_300_000).as_deref(),
+            Some("2026-12-03T12:13:20Z")
         );
     }
 

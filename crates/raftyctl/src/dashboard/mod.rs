@@ -334,11 +334,18 @@ async fn session(
             let entry = Event::decode(d.routing_key.as_str(), &d.data)
                 .ok()
                 .and_then(|e| history::Entry::from_event(&e));
-            let Some(entry) = entry else {
+            let Some(mut entry) = entry else {
                 // Not an event this version reads: it would come back for ever.
                 let _ = d.acker.nack(BasicNackOptions::default()).await;
                 continue;
             };
+            if entry.next.is_some()
+                && let Some(when) = (*d.properties.timestamp()).and_then(history::rfc3339_of_unix)
+            {
+                // A failure carries no time of its own: when it was published, not when the
+                // dashboard (perhaps back after a while) read it.
+                entry.when = when;
+            }
             let mut h = history.lock().await;
             match h.append(&entry, d.redelivered) {
                 Ok(true) => {
