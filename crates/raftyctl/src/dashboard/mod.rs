@@ -76,6 +76,11 @@ pub struct DashboardArgs {
     /// Where the history is kept (history.jsonl, the newest 10 000 jobs)
     #[arg(long, value_name = "DIR", default_value = "/var/lib/rafty-dashboard")]
     pub state_dir: PathBuf,
+    /// A name the page is reached by (e.g. nas.lan; repeat for more). Besides these, an IP
+    /// address, localhost and this machine's host name (bare and .local) are answered; a request for any other
+    /// host is refused (421), so a site elsewhere cannot read the page through DNS rebinding
+    #[arg(long = "host-name", value_name = "NAME")]
+    pub host_names: Vec<String>,
 }
 
 /// Why the dashboard cannot start.
@@ -149,6 +154,8 @@ pub struct Shared {
     /// Held while the dead queue is browsed or a dead letter requeued: a browse holds every
     /// message it fetched until its channel closes, and a requeue meanwhile would not find its job.
     dead_letters: tokio::sync::Mutex<()>,
+    /// The names a request's `Host` may give besides an IP address ([`server::host_allowed`]).
+    host_names: Vec<String>,
 }
 
 impl Shared {
@@ -190,6 +197,7 @@ pub async fn run(loaded: &Loaded, args: DashboardArgs) -> Result<(), Failure> {
         poke: Notify::new(),
         stopping: tokio::sync::watch::channel(false).0,
         dead_letters: tokio::sync::Mutex::new(()),
+        host_names: server::host_names(&args.host_names),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

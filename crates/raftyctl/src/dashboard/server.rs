@@ -81,6 +81,59 @@ pub fn authorize(token: Option<&Token>, headers: &HeaderMap) -> Result<(), (Stat
     Ok(())
 }
 
+/// The names answered besides IP addresses: `extra` (`--host-name`), `localhost`, and this
+/// machine's host name, bare and with `.local` (mDNS), lower-case.
+pub fn host_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = extra.iter().map(|n| n.to_ascii_lowercase()).collect();
+    names.push("localhost".into());
+    let me = rafty_core::config::hostname().to_ascii_lowercase();
+    names.push(format!("{me}.local"));
+    names.push(me);
+    names
+}
+
+/// Whether a request's `Host` header may be answered: an IP address (a DNS-rebinding page always
+/// names its own domain), or one of `names`. No header (HTTP/1.0) is answered.
+pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.trim_end_matches('.')))
+}
+
+async fn check_host(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("?"));
+    if host_allowed(host, &shared.host_names) {
+        return next.run(request).await;
+    }
+    let host = host.unwrap_or_default().to_owned();
+    tracing::warn!(%host, "dashboard: a request for another host's name refused (add --host-name if the page is reached by it)");
+    refused((
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "this dashboard does not answer for {host}: start it with --host-name NAME for each name it is reached by"
+        ),
+    ))
+}
+
 /// The router: page, assets, events, actions, with headers that keep the page to itself.
 pub fn router(shared: Arc<Shared>) -> Router {
     let asset = |kind: &'static str, body: &'static str| {
@@ -119,6 +172,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            check_host,
         ))
         .with_state(shared)
 }
@@ -309,6 +366,7 @@ mod tests {
             poke: tokio::sync::Notify::new(),
             stopping: tokio::sync::watch::channel(false).0,
             dead_letters: tokio::sync::Mutex::new(()),
+            host_names: host_names(&[]),
         });
         let mut body = events(State(shared.clone()))
             .await
@@ -366,6 +424,30 @@ mod tests {
         );
         assert!(authorize(Some(&token), &headers).is_ok());
         assert_eq!(format!("{token:?}"), "Token(***)", "never printed");
+    }
+
+    #[test]
+    fn only_an_ip_address_or_a_known_name_is_answered() {
+        let names = host_names(&["NAS.lan".into()]);
+        for ok in [
+            None,
+            Some("127.0.0.1:8765"),
+            Some("192.168.1.20"),
+            Some("[::1]:8765"),
+            Some("localhost:8765"),
+            Some("nas.lan:8765"),
+            Some("nas.lan."),
+        ] {
+            assert!(host_allowed(ok, &names), "{ok:?}");
+        }
+        for refused in [
+            Some("attacker.example:8765"),
+            Some("nas.lan.attacker.example"),
+            Some("[evil]:80"),
+            Some(""),
+        ] {
+            assert!(!host_allowed(refused, &names), "{refused:?}");
+        }
     }
 
     #[test]
