@@ -261,7 +261,7 @@ async fn session(
     loaded: &Loaded,
     history: &Arc<tokio::sync::Mutex<History>>,
 ) -> Result<(), Failure> {
-    let (conn, publisher, _) = crate::open(loaded).await?;
+    let (conn, publisher, node) = crate::open(loaded).await?;
     let channel = publisher.channel();
     let mut events = rafty_queue::control::listen(&channel, &crate::watch::BINDINGS)
         .await
@@ -317,6 +317,8 @@ async fn session(
         publisher,
     });
     shared.model().set_broker(true, None);
+    // After a fail-over the page names the node in use now.
+    shared.model().set_broker_url(node);
 
     let live = async {
         while let Some(Ok(d)) = events.next().await {

@@ -466,6 +466,14 @@ impl Model {
         }
     }
 
+    /// The node connected to (password masked).
+    pub fn set_broker_url(&mut self, url: String) {
+        if self.broker.url != url {
+            self.broker.url = url;
+            self.broker_dirty = true;
+        }
+    }
+
     /// A history entry (already on disk); the oldest goes past the cap.
     pub fn add_history(&mut self, entry: Entry) {
         self.history.push_back(entry.clone());
