@@ -341,9 +341,14 @@ async fn session(
     };
     let kept = async {
         while let Some(Ok(d)) = deliveries.next().await {
-            let entry = Event::decode(d.routing_key.as_str(), &d.data)
-                .ok()
-                .and_then(|e| history::Entry::from_event(&e));
+            let event = Event::decode(d.routing_key.as_str(), &d.data).ok();
+            // Off the runtime: a done entry reads each output's sidecar, perhaps on a slow share.
+            let entry = tokio::task::spawn_blocking(move || {
+                event.and_then(|e| history::Entry::from_event(&e))
+            })
+            .await
+            .ok()
+            .flatten();
             let Some(mut entry) = entry else {
                 // Not an event this version reads: it would come back for ever.
                 let _ = d.acker.nack(BasicNackOptions::default()).await;
