@@ -579,6 +579,10 @@ fn dead_letters_are_listed_shown_requeued_after_a_fix_and_purged() {
     assert_eq!(shown["job"]["source"]["path"], late_path.to_str().unwrap());
     assert_eq!(shown["routing-key"], "rafty.rip.iso.dvd");
     assert_eq!(ctl(&["dead-letter", "show", "no-such-id"]).0, Some(65));
+    // Not parked (after the second look that covers another client's browse): nothing requeued.
+    let (code, out, err) = ctl(&["dead-letter", "requeue", "no-such-id"]);
+    assert_eq!((code, out.as_str()), (Some(65), ""), "{err}");
+    assert!(err.contains("not in rafty.transcode.dead"), "{err}");
 
     // Fix the cause, send it back: it completes, starting again at attempt 0.
     std::fs::copy(fixture_iso("SMALL", &[12]), &late_path).unwrap();

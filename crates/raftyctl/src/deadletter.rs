@@ -324,8 +324,22 @@ pub(crate) async fn run(loaded: &Loaded, cmd: DeadLetterCommand) -> Result<(), F
                 Ok(())
             }
             DeadLetterCommand::Requeue { ids, all } => {
-                requeue(&channel, &publisher, &ids, all, |id| println!("{id}")).await?;
-                Ok(())
+                match requeue(&channel, &publisher, &ids, all, |id| println!("{id}")).await {
+                    Err(f) if f.code == exit::DATAERR => {
+                        // Another client browsing the queue (`raftyctl dead-letter list`, a
+                        // dashboard) holds its messages until it closes its channel: look once
+                        // more, a moment later, on a fresh channel (this one holds them now).
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        let again = conn
+                            .create_channel()
+                            .await
+                            .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+                        let r = requeue(&again, &publisher, &ids, all, |id| println!("{id}")).await;
+                        let _ = again.close(200, "raftyctl".into()).await;
+                        r.map(|_| ())
+                    }
+                    r => r.map(|_| ()),
+                }
             }
             DeadLetterCommand::Purge { yes } => {
                 let queue = channel
