@@ -123,6 +123,9 @@ pub const SNAPSHOT_HISTORY: usize = 200;
 /// Workers silent for this long are dropped from the page.
 const FORGET_WORKER_MS: u64 = 10 * 60 * 1000;
 
+/// How many ended jobs are remembered against late worker statuses.
+const ENDED_KEPT: usize = 1000;
+
 /// The dashboard's state, and what changed since the last delta.
 #[derive(Debug)]
 pub struct Model {
@@ -138,6 +141,9 @@ pub struct Model {
     dirty: BTreeSet<(Kind, String)>,
     last_sent: HashMap<(Kind, String), Instant>,
     new_history: Vec<Entry>,
+    /// Jobs that ended lately, oldest first: a worker's status sent just before its `done` but
+    /// read after it must not bring the job back.
+    ended: std::collections::VecDeque<String>,
     queues_dirty: bool,
     dead_dirty: bool,
     broker_dirty: bool,
@@ -182,6 +188,7 @@ impl Model {
             dirty: BTreeSet::new(),
             last_sent: HashMap::new(),
             new_history: Vec::new(),
+            ended: std::collections::VecDeque::new(),
             queues_dirty: false,
             dead_dirty: false,
             broker_dirty: false,
@@ -256,6 +263,12 @@ impl Model {
         if self.jobs.remove(id).is_some() {
             self.touch(Kind::Job, id);
         }
+        if !self.ended.iter().any(|e| e == id) {
+            self.ended.push_back(id.to_owned());
+            if self.ended.len() > ENDED_KEPT {
+                self.ended.pop_front();
+            }
+        }
         let keys: Vec<String> = self
             .workers
             .iter()
@@ -277,18 +290,23 @@ impl Model {
     /// A worker's status: its heartbeat, or its answer to a control request.
     pub fn worker_status(&mut self, s: &WorkerStatus, now: u64) {
         let key = format!("{}/{}", s.host, s.pid);
+        // A status from before the job's end, read after it: the job is over all the same.
+        let job = s
+            .job
+            .as_ref()
+            .filter(|j| !self.ended.iter().any(|e| *e == j.id.to_string()));
         let worker = Worker {
             host: s.host.clone(),
             pid: s.pid,
             state: s.state.as_str(),
             version: s.version.clone(),
             seen_ms: now,
-            job_id: s.job.as_ref().map(|j| j.id.to_string()),
-            job_name: s.job.as_ref().map(|j| j.name.clone()),
+            job_id: job.map(|j| j.id.to_string()),
+            job_name: job.map(|j| j.name.clone()),
         };
         self.workers.insert(key.clone(), worker);
         self.touch(Kind::Worker, &key);
-        if let Some(a) = &s.job {
+        if let Some(a) = job {
             let id = a.id.to_string();
             let job = self.job_entry(&id, &s.host, now);
             job.name = a.name.clone();
@@ -330,6 +348,8 @@ impl Model {
         match event {
             Event::Started(e) => {
                 let id = e.id.to_string();
+                // Taken again (a retry, a requeue from the dead letters): in flight again.
+                self.ended.retain(|x| *x != id);
                 let stem = e
                     .output
                     .file_stem()
@@ -657,6 +677,60 @@ mod tests {
             fps: Some(250.0),
             eta_secs: Some(12),
         })
+    }
+
+    #[test]
+    fn a_status_sent_before_the_done_but_read_after_it_does_not_bring_the_job_back() {
+        let mut m = Model::new(String::new(), Vec::new(), 10);
+        let id = Uuid::new_v4();
+        let working = status(
+            "attic",
+            WorkerState::Working,
+            Some(Activity {
+                id,
+                name: "Film".into(),
+                source: "/iso/Film.iso".into(),
+                attempt: 0,
+                started_at: "2026-12-03T00:00:00Z".into(),
+                title: Some(1),
+                percent: Some(99.0),
+                fps: None,
+                eta_secs: None,
+                stage: None,
+            }),
+        );
+        m.worker_status(&working, 1);
+        assert!(m.jobs().contains_key(&id.to_string()));
+        m.apply(
+            &Event::Done(Done {
+                id,
+                host: "attic".into(),
+                name: "Film".into(),
+                disc: None,
+                outputs: Vec::new(),
+                skipped: false,
+                attempt: 0,
+                preset: "P".into(),
+                handbrake: "H".into(),
+                elapsed_secs: 1.0,
+                finished_at: "2026-12-03T00:00:00Z".into(),
+            }),
+            2,
+        );
+        m.worker_status(&working, 3);
+        assert!(m.jobs().is_empty(), "the late status is not a new job");
+        // Taken again (a requeue): in flight again.
+        m.apply(
+            &Event::Started(Started {
+                id,
+                host: "attic".into(),
+                title: 1,
+                output: "/media/Film.mkv".into(),
+                preset: "P".into(),
+            }),
+            4,
+        );
+        assert!(m.jobs().contains_key(&id.to_string()));
     }
 
     #[test]
