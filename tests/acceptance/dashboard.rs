@@ -353,17 +353,38 @@ fn the_dashboard_shows_the_fleet_live_in_a_browser_and_its_requeue_needs_the_tok
     let good = env.submit(&iso, &[]);
     let mut worker = env.worker(&worker_config, &["--max-jobs", "2"]);
 
-    // Mid-encode: the job's name, a progress figure and the worker's host.
-    let jobs = browser.wait_text("#jobs", "the job in flight", |t| {
-        t.contains("Dash Film")
+    // Mid-encode: the job's name, a progress figure and the worker's host. Looked at by hand
+    // rather than with wait_text, so that a miss shows what the dashboard and the worker did.
+    let percent_shown = |t: &str| {
+        t.split(" %").any(|before| {
+            before.rsplit(char::is_whitespace).next().is_some_and(|w| {
+                w.contains('.') && w.parse::<f64>().is_ok_and(|p| (0.0..100.0).contains(&p))
+            })
+        })
+    };
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let jobs = loop {
+        let t = browser.text("#jobs");
+        if t.contains("Dash Film")
             && t.contains("dash-host")
             && t.contains(&good)
-            && t.split(" %").any(|before| {
-                before.rsplit(char::is_whitespace).next().is_some_and(|w| {
-                    w.contains('.') && w.parse::<f64>().is_ok_and(|p| p > 0.0 && p < 100.0)
-                })
-            })
-    });
+            && percent_shown(&t)
+        {
+            break t;
+        }
+        if seen.last() != Some(&t) {
+            seen.push(t);
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "the job in flight never showed with its progress; the page showed, in turn:\n{}\n\ndashboard log:\n{}\n\nworker log:\n{}",
+            seen.join("\n---\n"),
+            dash.log(),
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(jobs.contains(" %"), "{jobs}");
     browser.wait_text("#workers", "the worker and its job", |t| {
         t.contains("dash-host") && t.contains("Dash Film")
