@@ -219,6 +219,15 @@ pub struct TranscodeConfig {
     pub movie_name: String,
     /// Where each output of a disc split into titles goes (same fields).
     pub title_name: String,
+    /// Split each title by chapters across idle workers (`"chapters"`) or not (`"none"`), for jobs
+    /// whose `encode.split` says neither (docs/split.md).
+    pub split: crate::job::Split,
+    /// With `split = "chapters"` from here (not from the job), titles shorter than this are encoded whole.
+    #[serde(deserialize_with = "de_duration")]
+    pub split_min_duration: Duration,
+    /// The most video pieces one title is cut into (fewer when fewer workers are live or the
+    /// title has fewer chapters).
+    pub split_max_pieces: u32,
 }
 
 impl Default for TranscodeConfig {
@@ -251,6 +260,9 @@ impl Default for TranscodeConfig {
             chapter_markers: Some(true),
             movie_name: "{name}".to_owned(),
             title_name: "{name} - t{title}".to_owned(),
+            split: crate::job::Split::None,
+            split_min_duration: Duration::from_secs(20 * 60),
+            split_max_pieces: 8,
         }
     }
 }
@@ -676,6 +688,12 @@ impl Loaded {
             return Err(invalid(
                 "[transcode] delivery-limit must be at least 1".into(),
             ));
+        }
+        if !(2..=99).contains(&t.split_max_pieces) {
+            return Err(invalid(format!(
+                "[transcode] split-max-pieces = {} must be 2 to 99 (set split = \"none\" to encode titles whole)",
+                t.split_max_pieces
+            )));
         }
         let s = &self.config.store;
         if let Some(url) = &s.url

@@ -40,6 +40,108 @@ pub struct Job {
     /// encoded by a different worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
+    /// Set on a job that is one step of a title split by chapters (`encode.split = "chapters"`): a
+    /// video piece, the tracks pass or the join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece: Option<Piece>,
+}
+
+/// One step of a title split by chapters across workers (docs/split.md).
+///
+/// The video is encoded in pieces of whole chapters, one job each; audio, subtitles and chapter
+/// marks come from one continuous pass over the whole title (the tracks pass); the worker that
+/// finishes the last of those publishes the join, which puts the pieces and the tracks together,
+/// checks every seam and only then puts the output in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The job whose title was split.
+    pub whole: Uuid,
+    /// The title.
+    pub title: u32,
+    /// Where the joined title goes, relative to the output directory.
+    pub output: String,
+    /// Every video piece of the title, in order: together they are every chapter once.
+    pub ranges: Vec<ChapterRange>,
+    /// What this job does.
+    pub step: Step,
+}
+
+/// Chapters `first` to `last` of a title, both included (1-based, as HandBrake's `--chapters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapterRange {
+    /// The first chapter.
+    pub first: u32,
+    /// The last chapter.
+    pub last: u32,
+}
+
+impl std::fmt::Display for ChapterRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// What one job of a split title does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Encode the video of `ranges[index]` alone.
+    Video {
+        /// Which piece (0-based).
+        index: u32,
+    },
+    /// One continuous pass over the whole title for its audio, subtitles and chapter marks.
+    Tracks,
+    /// Put the pieces and the tracks together, verify, put the output in place.
+    Join,
+}
+
+impl Step {
+    /// The step's name in events and logs: `video`, `tracks` or `join`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Step::Video { .. } => "video",
+            Step::Tracks => "tracks",
+            Step::Join => "join",
+        }
+    }
+}
+
+impl Piece {
+    /// The id of this step's job: a function of the split job and the step, so a split repeated
+    /// after a crash makes the same jobs.
+    pub fn job_id(whole: Uuid, step: Step) -> Uuid {
+        let name = match step {
+            Step::Video { index } => format!("piece-{index}"),
+            Step::Tracks => "tracks".to_owned(),
+            Step::Join => "join".to_owned(),
+        };
+        Uuid::new_v5(&whole, name.as_bytes())
+    }
+}
+
+/// Whether a title is split across workers (`encode.split`, `[transcode] split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// One worker encodes the whole title.
+    #[default]
+    None,
+    /// The title is cut at chapter boundaries into pieces that idle workers encode at once.
+    Chapters,
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Split::None),
+            "chapters" => Ok(Split::Chapters),
+            other => Err(format!(
+                "unknown split {other:?}: expected none or chapters"
+            )),
+        }
+    }
 }
 
 /// One title of a disc job, as a job of its own.
@@ -137,6 +239,9 @@ pub struct Encode {
     /// Which titles of the disc to encode.
     #[serde(default)]
     pub titles: TitleSelection,
+    /// Whether each title is split by chapters across workers. Absent: the worker's `[transcode] split`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
 }
 
 /// Which titles of a disc a job encodes.
@@ -266,6 +371,7 @@ impl Job {
             output: Output { name: output_name },
             origin,
             part: None,
+            piece: None,
         }
     }
 
@@ -317,6 +423,34 @@ impl Job {
                 return Err(JobError::Invalid(format!(
                     "part: {:?} is not among its disc's outputs",
                     part.output
+                )));
+            }
+        }
+        if let Some(piece) = &self.piece {
+            for component in piece.output.split('/') {
+                validate_output_name(component)?;
+            }
+            let mut next = 1;
+            for range in &piece.ranges {
+                if range.first != next || range.last < range.first {
+                    return Err(JobError::Invalid(format!(
+                        "piece.ranges: {range} does not follow chapter {}; the pieces must be every chapter once, in order",
+                        next - 1
+                    )));
+                }
+                next = range.last + 1;
+            }
+            if piece.ranges.len() < 2 {
+                return Err(JobError::Invalid(
+                    "piece.ranges: a split title has at least two pieces".into(),
+                ));
+            }
+            if let Step::Video { index } = piece.step
+                && index as usize >= piece.ranges.len()
+            {
+                return Err(JobError::Invalid(format!(
+                    "piece.step: video piece {index} is not among the {} pieces",
+                    piece.ranges.len()
                 )));
             }
         }

@@ -152,6 +152,40 @@ pub struct Done {
     pub elapsed_secs: f64,
     /// When it finished (RFC 3339).
     pub finished_at: String,
+    /// Set when the job was one step of a title split by chapters (docs/split.md): only the join's
+    /// `done` stands for the title (notifiers announce no other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitDone>,
+}
+
+/// One step of a split title, done (in [`Done::split`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SplitDone {
+    /// The job whose title was split.
+    pub whole: Uuid,
+    /// `video`, `tracks` or `join`.
+    pub step: String,
+    /// Video frames this step made: a piece's, the tracks pass's (the whole title's), the join's.
+    pub frames: u64,
+    /// The join's checks, each with its result (empty on the other steps).
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Why the join encoded the title whole instead, when a check failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// One check of a join, and what it found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Check {
+    /// What was checked: `frames`, `duration`, `seam 2`, `audio`, `decode`, `chapters`.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The figures behind it.
+    pub detail: String,
 }
 
 /// What became of a failed job: the retry queue it went to, `dead-letter`, or `requeued`.
@@ -209,6 +243,10 @@ pub struct Split {
     pub jobs: Vec<Uuid>,
     /// The title jobs' outputs, relative to the output directory.
     pub outputs: Vec<String>,
+    /// Set when one title was split by chapters: the chapters of each video piece, whose jobs are
+    /// the first ones in `jobs` (the last is the tracks pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chapters: Vec<crate::job::ChapterRange>,
 }
 
 /// The last title of a split disc is in place (`rafty.transcode.disc.done`; may come twice).

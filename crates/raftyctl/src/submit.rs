@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use rafty_core::config::Loaded;
 use rafty_core::exit;
-use rafty_core::job::{Origin, Source, validate_output_name};
+use rafty_core::job::{Origin, Source, Split, validate_output_name};
 use rafty_core::label::read_disc_info;
 use rafty_core::names::{RIP_EXCHANGE, rip_routing_key};
 use rafty_core::{Job, Media, TitleSelection};
@@ -28,6 +28,9 @@ pub struct SubmitArgs {
     /// Titles to encode: main-feature, a list such as 1,3,4, or min=SECS for every title at least that long
     #[arg(long, default_value = "main-feature", value_parser = parse_titles, value_name = "WHICH")]
     pub titles: TitleSelection,
+    /// Split each title by chapters across idle workers: none or chapters [default: the worker's [transcode] split]
+    #[arg(long, value_name = "none|chapters")]
+    pub split: Option<Split>,
     /// Output name [default: the image's file name without .iso]; only with one image
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -218,6 +221,7 @@ fn check(loaded: &Loaded, args: &SubmitArgs, iso: &Path) -> Result<Checked, Stri
     let mut job = Job::new(source, name, origin);
     job.encode.preset = args.preset.clone();
     job.encode.titles = args.titles.clone();
+    job.encode.split = args.split;
     job.validate().map_err(|e| format!("{shown}: {e}"))?;
     Ok(Checked { job, shown: path })
 }
