@@ -215,6 +215,7 @@ fn done_event(id: uuid::Uuid, host: &str, name: &str, attempt: u32) -> wire::Don
         handbrake: String::new(),
         elapsed_secs: 0.0,
         finished_at: String::new(),
+        split: None,
     }
 }
 

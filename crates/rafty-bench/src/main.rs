@@ -24,6 +24,9 @@
 //! - `dashboard`: `raftyctl dashboard` with a 10 000-job history under 20 simulated workers at one
 //!   progress event a second: event → SSE client latency (target p99 ≤ 250 ms), RSS (≤ 32 MiB),
 //!   CPU, and the first render of the history in headless chromium (≤ 300 ms) ([`dashboard`]).
+//! - `split`: one title split by chapters across two `transcoded` pinned to a core each vs one
+//!   pinned worker encoding it whole: submit → the join's `done` (target ≥ 1.8× sooner), frames
+//!   gained or lost (target 0), the stages, and the same unpinned ([`split`]).
 //!
 //! It starts its own private RabbitMQ node and builds its own DVD-Video ISO (rafty-testkit); each
 //! group that uses the broker gets a fresh vhost, so its queues start empty. `--quick` is CI's short
@@ -48,6 +51,7 @@ mod fleet;
 mod replicate;
 mod rip;
 mod scaling;
+mod split;
 mod store;
 
 /// Rafty's benchmarks.
@@ -66,7 +70,8 @@ struct Cli {
     /// (transfers to and from rafty-store vs curl, a cut, a fetching worker vs a local one) or
     /// `replicate` (replication lag, a copy vs cp, the audit vs sha256sum) or `cluster` (three nodes
     /// vs one: rates; fail-over when a node is killed) or `dashboard` (event → browser latency,
-    /// memory and CPU under 20 workers, first render of a 10 000-job history)
+    /// memory and CPU under 20 workers, first render of a 10 000-job history) or `split` (a title
+    /// split by chapters across two workers vs one worker encoding it whole)
     #[arg(long, value_name = "GROUP")]
     only: Option<String>,
 }
@@ -74,7 +79,7 @@ struct Cli {
 const PRESET: &str = "Very Fast 480p30";
 
 /// The groups, in the order they run.
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 10] = [
     "worker",
     "rip",
     "dispatch",
@@ -84,6 +89,7 @@ const GROUPS: [&str; 9] = [
     "replicate",
     "cluster",
     "dashboard",
+    "split",
 ];
 
 fn median(v: &mut [f64]) -> f64 {
@@ -160,6 +166,7 @@ fn main() -> anyhow::Result<()> {
     let replicate_params = replicate::Params::new(cli.quick);
     let cluster_params = cluster::Params::new(cli.quick);
     let dashboard_params = dashboard::Params::new(cli.quick);
+    let split_params = split::Params::new(cli.quick);
     eprintln!(
         "rafty-bench: {} mode: {title_secs} s title, {warmup} warm-up, {reps} repetitions",
         if cli.quick { "quick" } else { "full" }
@@ -240,6 +247,10 @@ fn main() -> anyhow::Result<()> {
             t0,
         )?);
     }
+    if wants("split") {
+        let t0 = Instant::now();
+        rows.extend(timed("split", split::bench(&broker, &split_params), t0)?);
+    }
     let load_after = loadavg();
     let header = "| figure: median (min–max) | Rafty | baseline | ratio of medians | target | |\n|---|---|---|---|---|---|";
     let machine = format!(
@@ -272,7 +283,8 @@ fn main() -> anyhow::Result<()> {
     println!("store: {}", store_params.describe());
     println!("replicate: {}", replicate_params.describe());
     println!("cluster: {}", cluster_params.describe());
-    println!("dashboard: {}\n", dashboard_params.describe());
+    println!("dashboard: {}", dashboard_params.describe());
+    println!("split: {}\n", split_params.describe());
     println!("{table}");
     if let Some(path) = &cli.write {
         let workloads = Workloads {
@@ -327,6 +339,7 @@ fn worker_rows(
                 chapter_markers: Some(true),
                 ..Default::default()
             },
+            extra: &[],
         });
         let cpu0 = children_cpu();
         let t0 = Instant::now();

@@ -132,6 +132,7 @@ fn place_video(env: &Env, amqp: &Amqp, name: &str, mib: u64, seed: u64) -> PathB
         handbrake: "HandBrake 1.6.1".into(),
         elapsed_secs: 1.0,
         finished_at: "2026-01-01T00:00:00Z".into(),
+        split: None,
     });
     amqp.publish(
         EVENTS_EXCHANGE,

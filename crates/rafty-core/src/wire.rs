@@ -696,6 +696,7 @@ mod tests {
             handbrake: "HandBrake 1.6.1".into(),
             elapsed_secs: 1.5,
             finished_at: "2026-12-02T00:00:00Z".into(),
+            split: None,
         });
         let body = done.to_json();
         let text = String::from_utf8(body.clone()).unwrap();

@@ -87,6 +87,8 @@ pub struct EncodeRequest<'a> {
     pub format: &'a str,
     /// Track choices, after the preset (they override it).
     pub tracks: &'a Tracks,
+    /// More arguments, after the track choices (a piece's `--chapters 1-4 -a none`).
+    pub extra: &'a [OsString],
 }
 
 /// Track choices passed to every encode after the preset (they override it).
@@ -275,6 +277,7 @@ impl HandBrake {
         }
         args.extend(["-Z".into(), req.preset.into()]);
         args.extend(req.tracks.args());
+        args.extend(req.extra.iter().cloned());
         args.extend(["-i".into(), req.input.as_os_str().to_owned()]);
         args.extend(["-t".into(), req.title.to_string().into()]);
         args.extend(["--min-duration".into(), "0".into()]);
@@ -497,6 +500,7 @@ mod tests {
             preset: "P",
             format: "av_mkv",
             tracks: &tracks,
+            extra: &[],
         });
         let args: Vec<String> = args
             .iter()
@@ -525,6 +529,7 @@ mod tests {
             preset: "P",
             format: "av_mkv",
             tracks: &Tracks::default(),
+            extra: &[],
         });
         assert!(
             !n.iter().any(|a| a.to_string_lossy().starts_with("--audio")),
@@ -547,6 +552,7 @@ mod tests {
             preset: "My Preset",
             format: "av_mkv",
             tracks: &Tracks::default(),
+            extra: &[],
         });
         let args: Vec<String> = args
             .iter()

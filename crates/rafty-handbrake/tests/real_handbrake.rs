@@ -34,6 +34,7 @@ fn scan_and_encode_report_what_happened() {
             preset: "Very Fast 480p30",
             format: "av_mkv",
             tracks: &tracks,
+            extra: &[],
         };
         hb.encode(
             &request,

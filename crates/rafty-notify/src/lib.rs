@@ -279,6 +279,18 @@ impl Processor for Notifier {
                 event
             }
         };
+        // A piece or the tracks pass of a split title is not the title: only its join is announced.
+        let event = event.filter(|e| match &e.wire {
+            Ok(rafty_core::wire::Event::Done(done)) => {
+                let step = done.split.as_ref().map(|s| s.step.as_str());
+                if step.is_some_and(|s| s != "join") {
+                    debug!("a step of a split title: acked without a notification");
+                    return false;
+                }
+                true
+            }
+            _ => true,
+        });
         let Some(event) = event else {
             self.count(|s| s.ignored += 1);
             return Outcome::Consumed;

@@ -305,6 +305,7 @@ fn done(incoming: &Incoming, host: &str, skipped: bool) -> Outcome {
         handbrake: "fake".into(),
         elapsed_secs: 0.0,
         finished_at: OffsetDateTime::now_utc().format(&Rfc3339).unwrap(),
+        split: None,
     })
 }
 

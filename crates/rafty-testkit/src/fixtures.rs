@@ -37,6 +37,44 @@ pub fn fixture_iso(label: &str, titles: &[u32]) -> PathBuf {
     path
 }
 
+/// A real DVD-Video ISO with one title per entry, each `SECS` (chapters every 10 s) or
+/// `SECS@START,START,...` (chapters starting at these seconds, the first 0), as `scripts/make-dvd-iso`
+/// takes them: `&["160@0,20,40,60,80,100,120,140"]` is one title of 8 chapters of 20 s. Built once
+/// and cached under `target/rafty-fixtures/` (`@` and `,` become `at` and `_` in the file name).
+pub fn fixture_iso_chapters(label: &str, titles: &[&str]) -> PathBuf {
+    require_tools(&["ffmpeg", "dvdauthor", "genisoimage"]);
+    for t in titles {
+        assert!(
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_digit() || c == '@' || c == ',')
+                && t.matches('@').count() <= 1,
+            "fixture title {t:?}: expected SECS or SECS@START,START,..."
+        );
+    }
+    let names: Vec<String> = titles
+        .iter()
+        .map(|t| t.replace('@', "at").replace(',', "_"))
+        .collect();
+    let path = cache_dir().join(format!("{label}-{}.iso", names.join("-")));
+    if !path.exists() {
+        let out = Command::new(script("make-dvd-iso"))
+            .arg(&path)
+            .arg(label)
+            .args(titles)
+            .env_remove("DVD_NOISE")
+            .output()
+            .expect("run scripts/make-dvd-iso");
+        assert!(
+            out.status.success(),
+            "building fixture {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
 /// A file of pseudo-random bytes named like a disc image.
 pub fn garbage_iso() -> PathBuf {
     let path = cache_dir().join("garbage.iso");

@@ -31,7 +31,7 @@ pub use chaos::{Rng, durable_event_queue, processes_with, spawn_rip};
 pub use cluster::Cluster;
 pub use dbus::PrivateBus;
 pub use env::{Env, Worker};
-pub use fixtures::{fixture_iso, garbage_iso};
+pub use fixtures::{fixture_iso, fixture_iso_chapters, garbage_iso};
 pub use loopdev::LoopDevice;
 
 use std::path::PathBuf;

@@ -278,6 +278,7 @@ mod tests {
             handbrake: "H".into(),
             elapsed_secs: 1.0,
             finished_at: "2026-12-02T00:00:00Z".into(),
+            split: None,
         }))
         .unwrap();
         assert!(d.finished && d.key == format!("{id}#") && d.percent == Some(100.0));

@@ -9,7 +9,8 @@
 //! [`worker`] is what only a worker adds to that loop (control, heartbeat, metrics by settlement);
 //! [`transcoder`] does one job; [`output`] puts outputs in place; [`naming`] renders their names;
 //! [`remote`] is what a job whose image comes from `rafty-store` adds (scratch, transfer events, the
-//! token gate); [`metrics`] serves Prometheus; [`inhibit`] holds off sleep during a job. `main.rs` is the program
+//! token gate); [`split`] is a title split by chapters across workers (the plan, the join and its
+//! checks; the steps themselves are `transcoder::steps`); [`metrics`] serves Prometheus; [`inhibit`] holds off sleep during a job. `main.rs` is the program
 //! prelude's glue, so tests can run the same worker in-process.
 
 pub mod inhibit;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod naming;
 pub use rafty_core::output;
 pub mod remote;
+pub mod split;
 pub mod transcoder;
 pub mod worker;
 

@@ -28,6 +28,8 @@ use crate::naming::{Fields, Naming};
 use crate::output::{self, Existing, Sidecar};
 use crate::remote::{ScratchJob, StoreGate, announced, store_failure};
 
+mod steps;
+
 /// How often progress is announced on the events exchange and in the log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -55,7 +57,15 @@ pub struct Transcoder {
     store: Option<StoreClient>,
     scratch_dir: PathBuf,
     gate: Option<Arc<StoreGate>>,
+    split: rafty_core::job::Split,
+    split_min_duration: Duration,
+    split_max_pieces: u32,
+    /// The consumer's connection of the current session, for asking who is live before a split.
+    session: Session,
 }
+
+/// The connection of the worker's current broker session (set by [`crate::worker::Worker`]).
+pub type Session = Arc<std::sync::Mutex<Option<Arc<lapin::Connection>>>>;
 
 /// A job whose image came from the store: its scratch directory (removed with it) and how the
 /// store's library names and packs outputs.
@@ -118,7 +128,16 @@ impl Transcoder {
             store: None,
             scratch_dir: t.scratch_dir.clone(),
             gate: None,
+            split: t.split,
+            split_min_duration: t.split_min_duration,
+            split_max_pieces: t.split_max_pieces,
+            session: Session::default(),
         }
+    }
+
+    /// Where the worker keeps the connection of its current session.
+    pub fn session(&self) -> Session {
+        self.session.clone()
     }
 
     /// Fetch the sources this worker cannot read from `store`, and send their outputs back; `gate`
@@ -195,10 +214,53 @@ impl Transcoder {
 
         let scan = self.scan(&source, &incoming.cancel).await?;
         let titles = choose_titles(&job.encode.titles, &scan, &source)?;
+        if let Some(piece) = &job.piece {
+            let title = scan.title(piece.title).ok_or_else(|| {
+                Failure::BadMessage(format!(
+                    "title {} of split job {} is not on {}",
+                    piece.title,
+                    piece.whole,
+                    source.display()
+                ))
+            })?;
+            let step = steps::StepJob {
+                job,
+                piece,
+                source: &source,
+                title,
+                preset: &preset,
+                remote: remote.is_some(),
+                incoming,
+                events,
+                started,
+            };
+            return self.step(step).await;
+        }
         if job.part.is_none() && titles.len() > 1 {
             return self.split(job, &titles, naming, incoming, events).await;
         }
         let single = titles.len() == 1 && job.encode.titles == TitleSelection::MainFeature;
+        if let [title] = titles.as_slice() {
+            let file = match &job.part {
+                Some(part) => part.output.clone(),
+                None => naming.render(single, &fields(job, title, 0, 1)),
+            };
+            if let Some(outcome) = self
+                .split_by_chapters(
+                    job,
+                    title,
+                    &file,
+                    &preset,
+                    &source,
+                    remote.is_some(),
+                    incoming,
+                    events,
+                )
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
 
         let mut outputs = Vec::new();
         let mut skipped = 0;
@@ -312,6 +374,7 @@ impl Transcoder {
             handbrake: self.handbrake_version.clone(),
             elapsed_secs: started.elapsed().as_secs_f64(),
             finished_at: now(),
+            split: None,
         }))
     }
 
@@ -358,6 +421,7 @@ impl Transcoder {
             titles: titles.iter().map(|t| t.index).collect(),
             jobs: ids,
             outputs,
+            chapters: Vec::new(),
         }))
     }
 
@@ -463,15 +527,49 @@ impl Transcoder {
         cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
         let tracks = tracks_for(&self.tracks, title);
+        info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
+        let encode_started = Instant::now();
+        self.handbrake_run(
+            job,
+            source,
+            title,
+            temp,
+            preset,
+            &tracks,
+            &[],
+            container,
+            events,
+            cancel,
+        )
+        .await?;
+        self.verify_and_commit(temp, path, title, template, encode_started, cancel)
+            .await
+    }
+
+    /// Run HandBrake on one title into `temp`, announcing its progress; the caller verifies.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn handbrake_run(
+        &self,
+        job: &Job,
+        source: &Path,
+        title: &Title,
+        temp: &Path,
+        preset: &str,
+        tracks: &rafty_handbrake::Tracks,
+        extra: &[std::ffi::OsString],
+        container: Container,
+        events: &Publisher,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failure> {
         let request = EncodeRequest {
             input: source,
             title: title.index,
             output: temp,
             preset,
             format: container.handbrake_format(),
-            tracks: &tracks,
+            tracks,
+            extra,
         };
-        info!(title = title.index, title_secs = title.duration.as_secs_f64(), output = %path.display(), "encoding");
         let (tx, mut rx) = tokio::sync::watch::channel(None);
         set_activity(&self.activity, |a| {
             if let Some(a) = a {
@@ -521,7 +619,6 @@ impl Transcoder {
                 }
             }
         };
-        let encode_started = Instant::now();
         let result = tokio::select! {
             r = encode => r,
             _ = announce => unreachable!("the announcer never ends"),
@@ -536,8 +633,19 @@ impl Transcoder {
             Err(rafty_handbrake::Error::Stalled { .. }) => "stalled".to_owned(),
             Err(_) => "not-run".to_owned(),
         });
-        result.map_err(hb_failure)?;
+        result.map_err(hb_failure)
+    }
 
+    /// Check an encoded title against its scan, and put it in place with its sidecar.
+    async fn verify_and_commit(
+        &self,
+        temp: &Path,
+        path: &Path,
+        title: &Title,
+        template: Sidecar,
+        encode_started: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Sidecar, Failure> {
         let scanned = tokio::select! {
             r = self.handbrake.scan(temp, self.stall_timeout) => r,
             _ = cancel.cancelled() => return Err(Failure::Shutdown),

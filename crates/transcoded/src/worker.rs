@@ -26,6 +26,7 @@ pub struct Worker {
     topology: Topology,
     app_id: String,
     confirm_timeout: Duration,
+    session: crate::transcoder::Session,
 }
 
 impl Worker {
@@ -40,6 +41,7 @@ impl Worker {
         confirm_timeout: Duration,
     ) -> Worker {
         Worker {
+            session: transcoder.session(),
             transcoder,
             control: status.control_fn(),
             heartbeat,
@@ -123,6 +125,9 @@ impl Processor for Worker {
     ) -> Result<SessionTasks, Error> {
         if let Ensured::Checked { .. } = ensured {
             check_retry_rungs(conn, &self.topology).await?;
+        }
+        if let Ok(mut session) = self.session.lock() {
+            *session = Some(conn.clone());
         }
         // In the background: on a cluster with a frozen node, its private queue waits for that
         // node, and jobs must not.

@@ -714,6 +714,7 @@ mod tests {
                 handbrake: "H".into(),
                 elapsed_secs: 1.0,
                 finished_at: "2026-12-03T00:00:00Z".into(),
+                split: None,
             }),
             2,
         );
@@ -817,6 +818,7 @@ mod tests {
                 handbrake: "H".into(),
                 elapsed_secs: 1.0,
                 finished_at: "2026-12-03T00:00:00Z".into(),
+                split: None,
             }),
             5,
         );
