@@ -561,6 +561,48 @@ mod tests {
     }
 
     #[test]
+    fn split_and_pieces_round_trip_and_are_checked() {
+        let mut job = Job::decode(None, body("Feature Disc").as_bytes()).unwrap();
+        assert_eq!(job.encode.split, None, "absent: the worker's [transcode] split");
+        job.encode.split = Some(Split::Chapters);
+        let ranges = vec![
+            ChapterRange { first: 1, last: 4 },
+            ChapterRange { first: 5, last: 8 },
+        ];
+        job.piece = Some(Piece {
+            whole: job.id,
+            title: 1,
+            output: "Feature Disc.mkv".into(),
+            ranges: ranges.clone(),
+            step: Step::Video { index: 1 },
+        });
+        let json = String::from_utf8(job.to_json()).unwrap();
+        assert!(json.contains(r#""split":"chapters""#), "{json}");
+        assert!(json.contains(r#""step":{"step":"video","index":1}"#), "{json}");
+        assert_eq!(Job::decode(None, json.as_bytes()).unwrap(), job);
+        assert_ne!(
+            Piece::job_id(job.id, Step::Video { index: 0 }),
+            Piece::job_id(job.id, Step::Video { index: 1 })
+        );
+        assert_eq!(
+            Piece::job_id(job.id, Step::Join),
+            Piece::job_id(job.id, Step::Join),
+            "a repeated split makes the same jobs"
+        );
+        let bad = |edit: &dyn Fn(&mut Piece)| {
+            let mut j = job.clone();
+            edit(j.piece.as_mut().unwrap());
+            Job::decode(None, &j.to_json()).unwrap_err().to_string()
+        };
+        assert!(bad(&|p| p.ranges[1].first = 6).contains("does not follow chapter 4"));
+        assert!(bad(&|p| p.ranges.truncate(1)).contains("at least two pieces"));
+        assert!(bad(&|p| p.step = Step::Video { index: 2 }).contains("not among the 2 pieces"));
+        assert!(bad(&|p| p.output = "../x.mkv".into()).contains("output name"));
+        assert_eq!("chapters".parse::<Split>(), Ok(Split::Chapters));
+        assert!("titles".parse::<Split>().unwrap_err().contains("none or chapters"));
+    }
+
+    #[test]
     fn rejects_bad_jobs_with_a_reason() {
         let cases: Vec<(Option<&str>, Vec<u8>, &str)> = vec![
             (Some("rafty.job.v2"), body("x").into_bytes(), "message type"),

@@ -82,10 +82,22 @@ pub fn describe(event: &Event) -> Option<Line> {
             key: format!("{}#", e.id),
             label: format!("{host} {}", e.name),
             percent: Some(100.0),
-            detail: if e.skipped {
-                "done (already there)".into()
-            } else {
-                format!("done, {} output(s)", e.outputs.len())
+            detail: match (&e.split, e.skipped) {
+                (_, true) => "done (already there)".into(),
+                (Some(s), false) if s.step != "join" => {
+                    format!("{} step of a split title done, {} frames", s.step, s.frames)
+                }
+                (Some(s), false) => format!(
+                    "joined from {} frames: {}/{} checks passed{}",
+                    s.frames,
+                    s.checks.iter().filter(|c| c.passed).count(),
+                    s.checks.len(),
+                    s.fallback
+                        .as_ref()
+                        .map(|why| format!(", encoded whole instead ({why})"))
+                        .unwrap_or_default()
+                ),
+                (None, false) => format!("done, {} output(s)", e.outputs.len()),
             },
             finished: true,
         },

@@ -93,6 +93,29 @@ pub async fn run(loaded: Loaded, options: RunOptions, shutdown: Shutdown) -> any
             .into());
         }
     }
+    for (tool, package) in [
+        ("mkvmerge", "mkvtoolnix"),
+        ("ffprobe", "ffmpeg"),
+        ("ffmpeg", "ffmpeg"),
+    ] {
+        let found = std::process::Command::new(tool)
+            .arg(if tool == "mkvmerge" {
+                "--version"
+            } else {
+                "-version"
+            })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            warn!(
+                tool,
+                package,
+                "not found: this worker fails the steps of split titles (docs/split.md) until {package} is installed; other jobs are not affected"
+            );
+        }
+    }
     naming::Naming::new(&t.movie_name, &t.title_name, t.container)
         .map_err(|e| StartError::Config(format!("{e} (in {})", loaded.source_name())))?;
     // Encodes left by a killed worker: one of this host's, or one nothing has written for twice the
