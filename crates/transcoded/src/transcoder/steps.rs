@@ -16,8 +16,9 @@ use super::{Transcoder, now, output_event, set_activity, tracks_for};
 use crate::output::{self, Existing, Sidecar};
 use crate::split::{self, Expected, Record, ToolError, Video};
 
-/// How long the worker waits for the others to say they are live before it splits.
-const ASK_LIVE: Duration = Duration::from_secs(1);
+/// How long the worker waits for the others to say they are live before it splits (answers on a
+/// LAN take milliseconds; the wait is on the title's critical path).
+const ASK_LIVE: Duration = Duration::from_millis(500);
 
 /// One step of a split title, with what the job's preamble found.
 pub(super) struct StepJob<'a> {
