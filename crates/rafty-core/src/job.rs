@@ -563,7 +563,10 @@ mod tests {
     #[test]
     fn split_and_pieces_round_trip_and_are_checked() {
         let mut job = Job::decode(None, body("Feature Disc").as_bytes()).unwrap();
-        assert_eq!(job.encode.split, None, "absent: the worker's [transcode] split");
+        assert_eq!(
+            job.encode.split, None,
+            "absent: the worker's [transcode] split"
+        );
         job.encode.split = Some(Split::Chapters);
         let ranges = vec![
             ChapterRange { first: 1, last: 4 },
@@ -578,7 +581,10 @@ mod tests {
         });
         let json = String::from_utf8(job.to_json()).unwrap();
         assert!(json.contains(r#""split":"chapters""#), "{json}");
-        assert!(json.contains(r#""step":{"step":"video","index":1}"#), "{json}");
+        assert!(
+            json.contains(r#""step":{"step":"video","index":1}"#),
+            "{json}"
+        );
         assert_eq!(Job::decode(None, json.as_bytes()).unwrap(), job);
         assert_ne!(
             Piece::job_id(job.id, Step::Video { index: 0 }),
@@ -599,7 +605,12 @@ mod tests {
         assert!(bad(&|p| p.step = Step::Video { index: 2 }).contains("not among the 2 pieces"));
         assert!(bad(&|p| p.output = "../x.mkv".into()).contains("output name"));
         assert_eq!("chapters".parse::<Split>(), Ok(Split::Chapters));
-        assert!("titles".parse::<Split>().unwrap_err().contains("none or chapters"));
+        assert!(
+            "titles"
+                .parse::<Split>()
+                .unwrap_err()
+                .contains("none or chapters")
+        );
     }
 
     #[test]
