@@ -31,4 +31,5 @@ mod privilege;
 mod protocol;
 mod rip;
 mod spine;
+mod split;
 mod units;
