@@ -593,7 +593,7 @@ fn rows(p: &Params, order: &[Fleet], runs: &[Vec<Run>]) -> Vec<String> {
     }
     let whole_frames: Vec<String> = wholes.iter().map(|r| r.frames.to_string()).collect();
     rows.push(format!(
-        "| split: video frames, joined output − whole encode (ffprobe -count_packets), worst of {} runs | {worst:+} (joined {}) | whole encode {} | | = 0 | {} |",
+        "| split: video frames, joined output − whole encode (ffprobe -count_packets), worst of {} runs | {worst} (joined {}) | whole encode {} | | = 0 | {} |",
         shown.len(),
         shown.join(", "),
         whole_frames.join(", "),
