@@ -171,7 +171,6 @@ impl Transcoder {
             .map(|index| Step::Video { index })
             .chain([Step::Tracks])
             .collect();
-        let mut jobs = Vec::new();
         for step in steps {
             let mut one = job.clone();
             one.id = Piece::job_id(job.id, step);
@@ -185,8 +184,13 @@ impl Transcoder {
                 .publish("", WORK_QUEUE, &one.to_json(), props, true)
                 .await
                 .map_err(|e| Failure::Broker(e.to_string()))?;
-            jobs.push(one.id);
         }
+        // In the event, each piece's job in `chapters` order, then the tracks pass's.
+        let jobs: Vec<uuid::Uuid> = (0..ranges.len() as u32)
+            .map(|index| Step::Video { index })
+            .chain([Step::Tracks])
+            .map(|step| Piece::job_id(job.id, step))
+            .collect();
         info!(
             title = title.index,
             live,
@@ -238,7 +242,11 @@ impl Transcoder {
         }
         let source_size = std::fs::metadata(s.source).map_or(0, |m| m.len());
         let path = self.output_dir.join(&s.piece.output);
-        let template = self.sidecar_for(s.job, s.title, s.preset, &s.piece.output, source_size);
+        // The output stands for the job that was submitted, as an unsplit one's does.
+        let template = Sidecar {
+            job_id: s.piece.whole.to_string(),
+            ..self.sidecar_for(s.job, s.title, s.preset, &s.piece.output, source_size)
+        };
         let dir = split::dir(&self.output_dir, s.piece.whole);
         if let Existing::Done(found) = output::existing(&path, &template)? {
             info!(output = %path.display(), step = s.piece.step.as_str(), "the split title is already in place; nothing to do");
