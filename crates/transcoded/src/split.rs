@@ -578,9 +578,17 @@ mod tests {
     fn uneven_chapters_are_grouped_by_duration() {
         // 5 + 5 + 110 | 30: the longest piece is 120 s; 5 + 5 | 110 + 30 would be 140.
         assert_eq!(shown(&plan(&secs(&[5, 5, 110, 30]), 2)), ["1-3", "4-4"]);
+        // 100 | 10 + 10 + 10 + 10 | 60 and 100 | 10 + 10 + 10 + 10 + 60 tie at 100 s: only the longest
+        // piece is what the plan promises.
+        let chapters = secs(&[100, 10, 10, 10, 10, 60]);
+        let longest = plan(&chapters, 3)
+            .into_iter()
+            .map(|r| range_duration(&chapters, r))
+            .max();
+        assert_eq!(longest, Some(Duration::from_secs(100)));
         assert_eq!(
-            shown(&plan(&secs(&[100, 10, 10, 10, 10, 60]), 3)),
-            ["1-1", "2-5", "6-6"]
+            shown(&plan(&secs(&[10, 50, 40, 10, 50, 40]), 3)),
+            ["1-2", "3-4", "5-6"]
         );
     }
 
