@@ -17,24 +17,8 @@ fn cache_dir() -> PathBuf {
 /// A real DVD-Video ISO with one title per duration (seconds), volume label `label`; built once and
 /// cached under `target/rafty-fixtures/`.
 pub fn fixture_iso(label: &str, titles: &[u32]) -> PathBuf {
-    require_tools(&["ffmpeg", "dvdauthor", "genisoimage"]);
     let secs: Vec<String> = titles.iter().map(u32::to_string).collect();
-    let path = cache_dir().join(format!("{label}-{}.iso", secs.join("-")));
-    if !path.exists() {
-        let out = Command::new(script("make-dvd-iso"))
-            .arg(&path)
-            .arg(label)
-            .args(&secs)
-            .output()
-            .expect("run scripts/make-dvd-iso");
-        assert!(
-            out.status.success(),
-            "building fixture {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    path
+    fixture_iso_chapters(label, &secs.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A real DVD-Video ISO with one title per entry, each `SECS` (chapters every 10 s) or

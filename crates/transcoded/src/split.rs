@@ -215,10 +215,21 @@ async fn run_tool(
     ))
 }
 
-fn args(list: &[&str], path: &Path) -> Vec<OsString> {
-    let mut v: Vec<OsString> = list.iter().map(OsString::from).collect();
-    v.push(path.as_os_str().to_owned());
-    v
+/// What `ffprobe -v error ARGS PATH` prints, or its complaint.
+async fn ffprobe(list: &[&str], path: &Path) -> Result<String, ToolError> {
+    let mut argv: Vec<OsString> = ["-v", "error"].iter().map(OsString::from).collect();
+    argv.extend(list.iter().map(OsString::from));
+    argv.push(path.as_os_str().to_owned());
+    let (ok, stdout, stderr) = run_tool("ffprobe", "ffmpeg", &argv, path).await?;
+    if ok {
+        Ok(stdout)
+    } else {
+        Err(ToolError::Failed {
+            tool: "ffprobe",
+            path: path.to_owned(),
+            message: last_lines(&stderr),
+        })
+    }
 }
 
 fn last_lines(text: &str) -> String {
@@ -229,32 +240,18 @@ fn last_lines(text: &str) -> String {
 /// Every packet of one stream, `(pts, duration)` in seconds, in presentation order (demuxed, not
 /// decoded).
 async fn packets(path: &Path, stream: &str) -> Result<Vec<(f64, f64)>, ToolError> {
-    let (ok, stdout, stderr) = run_tool(
-        "ffprobe",
-        "ffmpeg",
-        &args(
-            &[
-                "-v",
-                "error",
-                "-select_streams",
-                stream,
-                "-show_entries",
-                "packet=pts_time,duration_time",
-                "-of",
-                "csv=p=0",
-            ],
-            path,
-        ),
+    let stdout = ffprobe(
+        &[
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+        ],
         path,
     )
     .await?;
-    if !ok {
-        return Err(ToolError::Failed {
-            tool: "ffprobe",
-            path: path.to_owned(),
-            message: last_lines(&stderr),
-        });
-    }
     let mut out: Vec<(f64, f64)> = stdout
         .lines()
         .filter_map(|l| {
@@ -316,30 +313,11 @@ pub async fn audio_end(path: &Path) -> Result<Option<(f64, f64)>, ToolError> {
 
 /// The start times of a file's chapters (seconds).
 pub async fn chapters(path: &Path) -> Result<Vec<f64>, ToolError> {
-    let (ok, stdout, stderr) = run_tool(
-        "ffprobe",
-        "ffmpeg",
-        &args(
-            &[
-                "-v",
-                "error",
-                "-show_entries",
-                "chapter=start_time",
-                "-of",
-                "csv=p=0",
-            ],
-            path,
-        ),
+    let stdout = ffprobe(
+        &["-show_entries", "chapter=start_time", "-of", "csv=p=0"],
         path,
     )
     .await?;
-    if !ok {
-        return Err(ToolError::Failed {
-            tool: "ffprobe",
-            path: path.to_owned(),
-            message: last_lines(&stderr),
-        });
-    }
     Ok(stdout
         .lines()
         .filter_map(|l| l.split(',').next()?.trim().parse().ok())
@@ -419,9 +397,12 @@ pub struct Expected<'a> {
     pub tracks_file: &'a Path,
 }
 
-/// Check a joined file against what its parts measured. Every check is run and reported; the join
-/// stands only if all pass.
-pub async fn verify(joined: &Path, expected: &Expected<'_>) -> Result<Vec<Check>, ToolError> {
+/// Check a joined file against what its parts measured. Every check is run and reported, with the
+/// joined video's duration; the join stands only if all pass.
+pub async fn verify(
+    joined: &Path,
+    expected: &Expected<'_>,
+) -> Result<(Vec<Check>, f64), ToolError> {
     let mut checks = Vec::new();
     let mut check = |name: String, passed: bool, detail: String| {
         checks.push(Check {
@@ -550,7 +531,7 @@ pub async fn verify(joined: &Path, expected: &Expected<'_>) -> Result<Vec<Check>
             expected.chapters.len()
         ),
     );
-    Ok(checks)
+    Ok((checks, video.duration()))
 }
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ impl Transcoder {
                 source: &source,
                 title,
                 preset: &preset,
+                source_size,
                 remote: remote.is_some(),
                 incoming,
                 events,
@@ -251,7 +252,7 @@ impl Transcoder {
                     title,
                     &file,
                     &preset,
-                    &source,
+                    source_size,
                     remote.is_some(),
                     incoming,
                     events,
@@ -270,23 +271,7 @@ impl Transcoder {
                 None => naming.render(single, &fields(job, title, position, titles.len())),
             };
             let path = output_dir.join(&file);
-            let sidecar = Sidecar {
-                job_id: job.id.to_string(),
-                source_path: job.source.path.clone(),
-                source_size: job.source.size.unwrap_or(source_size),
-                source_sha256: job.source.sha256.clone(),
-                source_label: job.source.label.clone(),
-                title: title.index,
-                preset: preset.clone(),
-                handbrake: self.handbrake_version.clone(),
-                output: file.clone(),
-                output_size: 0,
-                output_sha256: None,
-                output_duration_secs: 0.0,
-                title_duration_secs: title.duration.as_secs_f64(),
-                host: self.host.clone(),
-                finished_at: String::new(),
-            };
+            let sidecar = self.sidecar_for(job, title, &preset, &file, source_size);
             if let (Some(_), Some(store)) = (&remote, &self.store) {
                 match store
                     .find_output(&file)
@@ -676,6 +661,26 @@ impl Transcoder {
                 title.index, title.audio_tracks
             )));
         }
+        let sidecar = self
+            .put_in_place(temp, path, template, got.duration.as_secs_f64(), cancel)
+            .await?;
+        self.metrics
+            .encode_seconds
+            .observe(encode_started.elapsed().as_secs_f64());
+        info!(output = %path.display(), secs = got.duration.as_secs_f64(), bytes = sidecar.output_size, "output verified and in place");
+        Ok(sidecar)
+    }
+
+    /// Put a verified output in place with its sidecar (the `template` completed with the output's
+    /// size, SHA-256 and duration); the sidecar of what stands there is returned.
+    async fn put_in_place(
+        &self,
+        temp: &Path,
+        path: &Path,
+        template: Sidecar,
+        duration_secs: f64,
+        cancel: &CancellationToken,
+    ) -> Result<Sidecar, Failure> {
         let size = std::fs::metadata(temp)
             .map_err(|e| output::io_failure(temp, &e))?
             .len();
@@ -687,7 +692,7 @@ impl Transcoder {
         let sidecar = Sidecar {
             output_size: size,
             output_sha256: Some(sha256),
-            output_duration_secs: got.duration.as_secs_f64(),
+            output_duration_secs: duration_secs,
             finished_at: now(),
             ..template
         };
@@ -695,7 +700,7 @@ impl Transcoder {
         if cancel.is_cancelled() {
             return Err(Failure::Shutdown);
         }
-        let sidecar = match output::commit(temp, path, &sidecar)? {
+        Ok(match output::commit(temp, path, &sidecar)? {
             output::Committed::Ours => sidecar,
             output::Committed::Theirs => {
                 info!(output = %path.display(), "the same work finished elsewhere first; its output stands");
@@ -704,12 +709,7 @@ impl Transcoder {
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .unwrap_or(sidecar)
             }
-        };
-        self.metrics
-            .encode_seconds
-            .observe(encode_started.elapsed().as_secs_f64());
-        info!(output = %path.display(), secs = got.duration.as_secs_f64(), bytes = size, "output verified and in place");
-        Ok(sidecar)
+        })
     }
 }
 

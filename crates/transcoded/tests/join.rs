@@ -102,7 +102,12 @@ async fn a_join_of_every_piece_passes_and_one_missing_a_piece_fails() {
 
     let joined = dir.path().join("joined.mkv");
     split::merge(&pieces, &tracks_file, &joined).await.unwrap();
-    let checks = split::verify(&joined, &expected).await.unwrap();
+    let (checks, secs) = split::verify(&joined, &expected).await.unwrap();
+    assert!(
+        (secs - tracks.video_secs).abs() <= 0.034,
+        "joined {secs} s, whole-title pass {} s",
+        tracks.video_secs
+    );
     for c in &checks {
         eprintln!("{}: {} ({})", c.name, c.passed, c.detail);
     }
@@ -123,7 +128,7 @@ async fn a_join_of_every_piece_passes_and_one_missing_a_piece_fails() {
     split::merge(&pieces[..1], &tracks_file, &short)
         .await
         .unwrap();
-    let checks = split::verify(&short, &expected).await.unwrap();
+    let (checks, _) = split::verify(&short, &expected).await.unwrap();
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| !c.passed)

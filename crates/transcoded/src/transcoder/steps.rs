@@ -27,6 +27,7 @@ pub(super) struct StepJob<'a> {
     pub source: &'a Path,
     pub title: &'a Title,
     pub preset: &'a str,
+    pub source_size: u64,
     pub remote: bool,
     pub incoming: &'a Incoming,
     pub events: &'a Publisher,
@@ -90,7 +91,7 @@ impl Transcoder {
         title: &Title,
         file: &str,
         preset: &str,
-        source: &Path,
+        source_size: u64,
         remote: bool,
         incoming: &Incoming,
         events: &Publisher,
@@ -129,7 +130,6 @@ impl Transcoder {
             );
             return Ok(None);
         }
-        let source_size = std::fs::metadata(source).map_or(0, |m| m.len());
         let path = self.output_dir.join(file);
         if let Existing::Done(_) = output::existing(
             &path,
@@ -240,12 +240,11 @@ impl Transcoder {
                 s.job.source.path.display()
             )));
         }
-        let source_size = std::fs::metadata(s.source).map_or(0, |m| m.len());
         let path = self.output_dir.join(&s.piece.output);
         // The output stands for the job that was submitted, as an unsplit one's does.
         let template = Sidecar {
             job_id: s.piece.whole.to_string(),
-            ..self.sidecar_for(s.job, s.title, s.preset, &s.piece.output, source_size)
+            ..self.sidecar_for(s.job, s.title, s.preset, &s.piece.output, s.source_size)
         };
         let dir = split::dir(&self.output_dir, s.piece.whole);
         if let Existing::Done(found) = output::existing(&path, &template)? {
@@ -483,53 +482,32 @@ impl Transcoder {
             split::verify(&temp, &expected).await
         }
         .await;
-        let (checks, fallback) = match joined {
-            Ok(checks) if checks.iter().all(|c| c.passed) => (checks, None),
-            Ok(checks) => {
+        let (checks, duration, fallback) = match joined {
+            Ok((checks, duration)) if checks.iter().all(|c| c.passed) => (checks, duration, None),
+            Ok((checks, duration)) => {
                 let failed: Vec<String> = checks
                     .iter()
                     .filter(|c| !c.passed)
                     .map(|c| format!("{}: {}", c.name, c.detail))
                     .collect();
-                (checks, Some(failed.join("; ")))
+                (checks, duration, Some(failed.join("; ")))
             }
             Err(e @ ToolError::Missing { .. }) => {
                 let _ = std::fs::remove_file(&temp);
                 return Err(tool_failure(e));
             }
-            Err(e) => (Vec::new(), Some(e.to_string())),
+            Err(e) => (Vec::new(), 0.0, Some(e.to_string())),
         };
         for c in &checks {
             info!(check = %c.name, passed = c.passed, detail = %c.detail, "join check");
         }
         let done = match &fallback {
-            None => {
-                let video = Video::of(&temp).await.map_err(tool_failure)?;
-                let size = std::fs::metadata(&temp)
-                    .map_err(|e| output::io_failure(&temp, &e))?
-                    .len();
-                let sha256 = rafty_store::client::sha256_of(&temp)
-                    .await
-                    .map_err(|e| output::io_failure(&temp, &e))?;
-                let sidecar = Sidecar {
-                    output_size: size,
-                    output_sha256: Some(sha256),
-                    output_duration_secs: video.duration(),
-                    finished_at: now(),
-                    ..template
-                };
-                if s.incoming.cancel.is_cancelled() {
+            None => self
+                .put_in_place(&temp, path, template, duration, &s.incoming.cancel)
+                .await
+                .inspect_err(|_| {
                     let _ = std::fs::remove_file(&temp);
-                    return Err(Failure::Shutdown);
-                }
-                match output::commit(&temp, path, &sidecar)? {
-                    output::Committed::Ours => sidecar,
-                    output::Committed::Theirs => std::fs::read(output::sidecar_path(path))
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or(sidecar),
-                }
-            }
+                })?,
             Some(why) => {
                 let _ = std::fs::remove_file(&temp);
                 warn!(reason = %why, "the join failed its checks; encoding the title whole instead");
