@@ -15,6 +15,7 @@ pub mod logging;
 pub mod names;
 pub mod output;
 pub mod paths;
+pub mod split;
 pub mod store;
 pub mod wire;
 

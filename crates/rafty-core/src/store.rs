@@ -20,6 +20,34 @@ pub const OUTPUTS_PREFIX: &str = "/v1/outputs";
 pub const UPLOADS_PREFIX: &str = "/v1/uploads";
 /// Header carrying an upload's offset (the name the tus protocol uses).
 pub const UPLOAD_OFFSET: &str = "upload-offset";
+/// The steps of split titles (docs/split.md): `GET /v1/split/<whole>` lists the finished ones,
+/// `PUT`/`GET /v1/split/<whole>/<file>` sends or fetches one step's file, `DELETE /v1/split/<whole>`
+/// removes them all after the join.
+pub const SPLIT_PREFIX: &str = "/v1/split";
+/// Header of a step file's `PUT`: its [`crate::split::Record`] as JSON, percent-encoded.
+pub const STEP_RECORD: &str = "x-rafty-record";
+
+/// The URL path of split job `whole`'s steps, or of one step's file in it.
+pub fn split_url_path(whole: uuid::Uuid, file: Option<&str>) -> String {
+    match file {
+        Some(f) => format!("{SPLIT_PREFIX}/{whole}/{}", encode_path(f)),
+        None => format!("{SPLIT_PREFIX}/{whole}"),
+    }
+}
+
+/// A step's record as the [`STEP_RECORD`] header carries it.
+pub fn encode_record(record: &crate::split::Record) -> String {
+    let json = serde_json::to_string(record).expect("serializes");
+    utf8_percent_encode(&json, COMPONENT).to_string()
+}
+
+/// The record in a [`STEP_RECORD`] header, or why it is not one.
+pub fn decode_record(header: &str) -> Result<crate::split::Record, String> {
+    let json = percent_decode_str(header)
+        .decode_utf8()
+        .map_err(|_| format!("{STEP_RECORD} is not UTF-8 once decoded"))?;
+    serde_json::from_str(&json).map_err(|e| format!("{STEP_RECORD} is not a step record: {e}"))
+}
 
 /// Characters left as they are in a path component: RFC 3986 unreserved ones.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -136,6 +164,27 @@ pub fn image_url_path_of(url: &str) -> Result<String, BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_records_travel_in_a_header() {
+        let record = crate::split::Record {
+            job: uuid::Uuid::from_u128(7),
+            host: "Wörker 2".into(),
+            frames: 1206,
+            video_secs: 40.24,
+            size: 123_456,
+            sha256: "ab".repeat(32),
+        };
+        let header = encode_record(&record);
+        assert!(header.is_ascii() && !header.contains(' '), "{header}");
+        assert_eq!(decode_record(&header).unwrap(), record);
+        assert!(decode_record("%7Bnot").unwrap_err().contains(STEP_RECORD));
+        let whole = uuid::Uuid::from_u128(1);
+        assert_eq!(
+            split_url_path(whole, Some("piece-00.mkv")),
+            format!("/v1/split/{whole}/piece-00.mkv")
+        );
+    }
 
     #[test]
     fn image_paths_round_trip() {

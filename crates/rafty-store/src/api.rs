@@ -79,3 +79,18 @@ pub struct Found {
     /// Its sidecar.
     pub sidecar: Sidecar,
 }
+
+/// The finished steps of a split title (`GET /v1/split/<whole>`), by file name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepFiles {
+    /// Each finished step's record.
+    pub files: std::collections::BTreeMap<String, rafty_core::split::Record>,
+}
+
+/// The store's answer to a step's file (`PUT /v1/split/<whole>/<file>`): the record of what is in
+/// place now (201: these bytes; 200: another worker's, sent first, which stands).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepStored {
+    /// The record beside the file.
+    pub record: rafty_core::split::Record,
+}

@@ -24,6 +24,8 @@ use crate::server::hex;
 /// Tries of a transfer that has not moved a byte yet before it gives up.
 const NOT_STARTED_TRIES: u32 = 3;
 
+mod split;
+
 /// Why a transfer did not end well. Each names the store and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -32,6 +32,8 @@ use uuid::Uuid;
 use crate::api::{ApiError, Health, OutputOffer, OutputState};
 use crate::tokens::{TokenError, Tokens};
 
+mod split;
+
 /// An upload nothing has written to for this long is abandoned and its temporary file removed.
 const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 /// Read size when serving images and hashing uploads.
@@ -150,6 +152,11 @@ fn router(inner: Shared) -> Router {
         .route("/v1/outputs/{*rest}", get(find_output))
         .route("/v1/uploads/{id}", patch(upload_bytes).head(upload_offset))
         .route("/v1/uploads/{id}/commit", post(commit))
+        .route("/v1/split/{whole}", get(split::list).delete(split::remove))
+        .route(
+            "/v1/split/{whole}/{file}",
+            get(split::fetch).put(split::put),
+        )
         .layer(middleware::from_fn_with_state(inner.clone(), authorize))
         .with_state(inner)
 }
@@ -220,7 +227,7 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
             return failure_response(&f);
         }
     };
-    let mut file = match tokio::fs::File::open(&real).await {
+    let file = match tokio::fs::File::open(&real).await {
         Ok(f) => f,
         Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
     };
@@ -228,9 +235,34 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
         Ok(m) => m,
         Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
     };
+    serve_file(
+        file,
+        &meta,
+        path.display().to_string(),
+        Served::Image,
+        request.headers(),
+    )
+    .await
+}
+
+/// What a served file is, for its log line.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    Image,
+    Step,
+}
+
+/// Answer a GET of `file` (shown as `shown`): whole, or the one range asked for when its ETag still
+/// holds (`If-Range`).
+async fn serve_file(
+    mut file: tokio::fs::File,
+    meta: &std::fs::Metadata,
+    shown: String,
+    kind: Served,
+    headers: &HeaderMap,
+) -> Response {
     let len = meta.len();
-    let tag = etag(&meta);
-    let headers = request.headers();
+    let tag = etag(meta);
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .map(|v| v.to_str().ok() == Some(tag.as_str()))
@@ -251,7 +283,7 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
         Some(Ok(Err(_))) => {
             let mut r = error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("range outside {} ({len} bytes)", path.display()),
+                format!("range outside {shown} ({len} bytes)"),
             );
             r.headers_mut().insert(
                 header::CONTENT_RANGE,
@@ -265,14 +297,12 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
     if start > 0
         && let Err(e) = file.seek(SeekFrom::Start(start)).await
     {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{}: {e}", path.display()),
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}"));
     }
     let count = end - start;
     let log = ServedLog {
-        path: path.display().to_string(),
+        kind,
+        path: shown,
         start,
         asked: count,
         sent: 0,
@@ -305,9 +335,10 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
         .expect("a valid response")
 }
 
-/// Logs what one image response sent when its body is dropped (finished or cut), so the bytes a
+/// Logs what one file response sent when its body is dropped (finished or cut), so the bytes a
 /// resume sends again can be counted from the store's log.
 struct ServedLog {
+    kind: Served,
     path: String,
     start: u64,
     asked: u64,
@@ -316,15 +347,16 @@ struct ServedLog {
 
 impl Drop for ServedLog {
     fn drop(&mut self) {
-        let sent = self.sent;
-        info!(
-            image = %self.path,
-            from = self.start,
-            asked = self.asked,
-            sent,
-            complete = sent == self.asked,
-            "image served"
-        );
+        let (sent, asked, from, path) = (self.sent, self.asked, self.start, &self.path);
+        let complete = sent == asked;
+        match self.kind {
+            Served::Image => {
+                info!(image = %path, from, asked, sent, complete, "image served")
+            }
+            Served::Step => {
+                info!(file = %path, from, asked, sent, complete, "step file served")
+            }
+        }
     }
 }
 

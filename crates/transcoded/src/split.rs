@@ -16,63 +16,8 @@ use std::time::Duration;
 
 use rafty_core::job::ChapterRange;
 use rafty_core::wire::Check;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// Where the steps of split job `whole` leave their files: `<output-dir>/.rafty-split/<whole>/`
-/// (a name starting with `.`, which outputs never have).
-pub fn dir(output_dir: &Path, whole: Uuid) -> PathBuf {
-    output_dir.join(".rafty-split").join(whole.to_string())
-}
-
-/// The video of piece `index`.
-pub fn piece_path(dir: &Path, index: u32) -> PathBuf {
-    dir.join(format!("piece-{index:02}.mkv"))
-}
-
-/// The tracks pass's file.
-pub fn tracks_path(dir: &Path) -> PathBuf {
-    dir.join("tracks.mkv")
-}
-
-/// The record a finished step writes beside its file (`piece-00.mkv.json`): its presence says the
-/// file is complete and verified.
-pub fn record_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().expect("a file").to_os_string();
-    name.push(".json");
-    file.with_file_name(name)
-}
-
-/// What a finished step made, as its worker measured it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Record {
-    /// The step's job.
-    pub job: Uuid,
-    /// The worker's host.
-    pub host: String,
-    /// Video frames (for the tracks pass: the whole title's, one tiny frame per frame).
-    pub frames: u64,
-    /// Video duration in seconds: from the first frame's start to the last frame's end.
-    pub video_secs: f64,
-}
-
-impl Record {
-    /// Read a step's record, if the step is done.
-    pub fn read(file: &Path) -> Option<Record> {
-        std::fs::read(record_path(file))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    }
-
-    /// Write it atomically (temporary name, then rename), after the file it describes is in place.
-    pub fn write(&self, file: &Path) -> std::io::Result<()> {
-        let path = record_path(file);
-        let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&temp, serde_json::to_vec_pretty(self).expect("serializes"))?;
-        std::fs::rename(&temp, &path)
-    }
-}
+pub use rafty_core::split::{Record, dir, piece_path, record_path, tracks_path};
 
 /// Cut a title's chapters into `pieces` contiguous groups so that the longest group is as short as
 /// it can be (the title is done when its longest piece is). Fewer groups when there are fewer

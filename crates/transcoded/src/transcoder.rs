@@ -230,7 +230,7 @@ impl Transcoder {
                 title,
                 preset: &preset,
                 source_size,
-                remote: remote.is_some(),
+                scratch: remote.as_ref().map(|r| r.scratch.dir()),
                 incoming,
                 events,
                 started,
@@ -253,7 +253,8 @@ impl Transcoder {
                     &file,
                     &preset,
                     source_size,
-                    remote.is_some(),
+                    remote.as_ref().map(|r| r.scratch.dir()),
+                    remote.as_ref().map_or(self.container, |r| r.container),
                     incoming,
                     events,
                 )
@@ -792,7 +793,8 @@ impl Transcoder {
                 .map_err(|e| output::io_failure(path, &e))?,
         };
         let offer = OutputOffer {
-            job: job.id,
+            // The job the sidecar names: a split title's join sends the submitted job's output.
+            job: done.job_id.parse().unwrap_or(job.id),
             output: file.to_owned(),
             size: done.output_size,
             sha256,

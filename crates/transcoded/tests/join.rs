@@ -44,6 +44,8 @@ async fn record(file: &Path) -> Record {
         host: "test".into(),
         frames: video.frames(),
         video_secs: video.duration(),
+        size: std::fs::metadata(file).unwrap().len(),
+        sha256: rafty_store::client::sha256_of(file).await.unwrap(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! A title split by chapters, on the worker's side (docs/split.md): the split itself, each piece,
 //! the tracks pass and the join. The plan, the files and the checks are in [`crate::split`].
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rafty_core::job::{Piece, Split, Step};
@@ -10,7 +11,10 @@ use rafty_core::wire::{self, ControlRequest, Event, WorkerState};
 use rafty_core::{Failure, Job, TitleSelection};
 use rafty_handbrake::Title;
 use rafty_queue::{Incoming, Outcome, Publisher};
+use rafty_store::StoreClient;
+use rafty_store::client::sha256_of;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use super::{Transcoder, now, output_event, set_activity, tracks_for};
 use crate::output::{self, Existing, Sidecar};
@@ -28,18 +32,136 @@ pub(super) struct StepJob<'a> {
     pub title: &'a Title,
     pub preset: &'a str,
     pub source_size: u64,
-    pub remote: bool,
+    /// The job's scratch directory when its image came from the store: the steps are kept there.
+    pub scratch: Option<&'a Path>,
     pub incoming: &'a Incoming,
     pub events: &'a Publisher,
     pub started: Instant,
 }
 
-/// Remove a split title's directory, and `.rafty-split` with it when no other split is under way.
-fn remove_split_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    if let Some(parent) = dir.parent() {
-        let _ = std::fs::remove_dir(parent);
+/// Where the steps of a split title are kept: in the output directory this worker shares, or in
+/// the store (for a worker without shared storage, which makes and joins them in scratch).
+enum Place<'a> {
+    Shared {
+        dir: PathBuf,
+    },
+    Store {
+        /// For its mapping of store errors (a refused token holds the worker).
+        worker: &'a Transcoder,
+        store: &'a StoreClient,
+        whole: Uuid,
+        scratch: &'a Path,
+    },
+}
+
+impl Place<'_> {
+    /// Where this worker makes a step's file (and, for the join, has the steps' files).
+    fn work_dir(&self) -> PathBuf {
+        match self {
+            Place::Shared { dir } => dir.clone(),
+            Place::Store { scratch, .. } => scratch.join("steps"),
+        }
     }
+
+    /// The finished steps, by file name.
+    async fn records(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<BTreeMap<String, Record>, Failure> {
+        match self {
+            Place::Shared { dir } => Ok(Record::all(dir)),
+            Place::Store {
+                worker,
+                store,
+                whole,
+                ..
+            } => store
+                .steps(*whole, cancel)
+                .await
+                .map_err(|e| worker.store_failed(e)),
+        }
+    }
+
+    /// Keep a finished step's file (made at `file` in [`Self::work_dir`], its record beside it); the
+    /// record that stands is returned.
+    async fn keep(
+        &self,
+        file: &Path,
+        record: Record,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Record, Failure> {
+        match self {
+            Place::Shared { .. } => Ok(record),
+            Place::Store {
+                worker,
+                store,
+                whole,
+                ..
+            } => {
+                let name = file_name(file);
+                let kept = store
+                    .put_step(*whole, &name, file, &record, cancel)
+                    .await
+                    .map_err(|e| worker.store_failed(e))?;
+                let _ = std::fs::remove_file(file);
+                let _ = std::fs::remove_file(split::record_path(file));
+                Ok(kept)
+            }
+        }
+    }
+
+    /// Have each finished step's file in [`Self::work_dir`] (fetched and checked from the store).
+    async fn bring(
+        &self,
+        records: &BTreeMap<String, Record>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), Failure> {
+        let Place::Store {
+            worker,
+            store,
+            whole,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let dir = self.work_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| output::io_failure(&dir, &e))?;
+        for (name, record) in records {
+            let dest = dir.join(name);
+            store
+                .fetch_step(*whole, name, &dest, &record.sha256, cancel)
+                .await
+                .map_err(|e| worker.store_failed(e))?;
+        }
+        info!(whole = %whole, steps = records.len(), "the steps are fetched from the store");
+        Ok(())
+    }
+
+    /// Remove the steps, and `.rafty-split` with them when no other split is under way.
+    async fn remove(&self, cancel: &tokio_util::sync::CancellationToken) {
+        match self {
+            Place::Shared { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+                if let Some(parent) = dir.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+            Place::Store { store, whole, .. } => {
+                let _ = std::fs::remove_dir_all(self.work_dir());
+                if let Err(e) = store.remove_steps(*whole, cancel).await {
+                    warn!(%whole, error = %e, "cannot remove the split title's steps from the store");
+                }
+            }
+        }
+    }
+}
+
+fn file_name(file: &Path) -> String {
+    file.file_name()
+        .expect("a step's file")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn tool_failure(e: ToolError) -> Failure {
@@ -92,7 +214,8 @@ impl Transcoder {
         file: &str,
         preset: &str,
         source_size: u64,
-        remote: bool,
+        scratch: Option<&Path>,
+        container: rafty_core::config::Container,
         incoming: &Incoming,
         events: &Publisher,
     ) -> Result<Option<Outcome>, Failure> {
@@ -111,13 +234,7 @@ impl Transcoder {
             );
             return Ok(None);
         }
-        if remote {
-            info!(
-                "this worker fetched the image from the store; a split title's pieces need workers that share the output directory, so it is encoded whole"
-            );
-            return Ok(None);
-        }
-        if self.container != rafty_core::config::Container::Mkv {
+        if container != rafty_core::config::Container::Mkv {
             info!(
                 "a split title is joined as Matroska and this worker's [transcode] container is not mkv; encoding it whole"
             );
@@ -130,11 +247,9 @@ impl Transcoder {
             );
             return Ok(None);
         }
-        let path = self.output_dir.join(file);
-        if let Existing::Done(_) = output::existing(
-            &path,
-            &self.sidecar_for(job, title, preset, file, source_size),
-        )? {
+        let place = self.place(job.id, scratch)?;
+        let template = self.sidecar_for(job, title, preset, file, source_size);
+        if self.in_library(&place, file, &template).await?.is_some() {
             // The usual path says so and skips it.
             return Ok(None);
         }
@@ -232,36 +347,80 @@ impl Transcoder {
         }
     }
 
+    /// Where the steps of split job `whole` are kept for a job with this scratch directory (set when
+    /// its image came from the store).
+    fn place<'a>(&'a self, whole: Uuid, scratch: Option<&'a Path>) -> Result<Place<'a>, Failure> {
+        match (scratch, &self.store) {
+            (None, _) => Ok(Place::Shared {
+                dir: split::dir(&self.output_dir, whole),
+            }),
+            (Some(scratch), Some(store)) => Ok(Place::Store {
+                worker: self,
+                store,
+                whole,
+                scratch,
+            }),
+            (Some(_), None) => Err(Failure::SourceUnavailable(
+                "a fetched image without a store in this worker's config".to_owned(),
+            )),
+        }
+    }
+
+    /// The split title's output when the same work already put it in the library.
+    async fn in_library(
+        &self,
+        place: &Place<'_>,
+        file: &str,
+        template: &Sidecar,
+    ) -> Result<Option<wire::OutputDone>, Failure> {
+        match place {
+            Place::Shared { .. } => {
+                let path = self.output_dir.join(file);
+                Ok(match output::existing(&path, template)? {
+                    Existing::Done(found) => Some(output_event(&path, &found, true)),
+                    Existing::Absent => None,
+                })
+            }
+            Place::Store { store, .. } => {
+                match store
+                    .find_output(file)
+                    .await
+                    .map_err(|e| self.store_failed(e))?
+                {
+                    Some((there, found)) if found.same_work(template) => {
+                        Ok(Some(output_event(&there, &found, true)))
+                    }
+                    Some((there, found)) => Err(Failure::OutputConflict(format!(
+                        "{} (store {}) already exists, made by job {} from {}; move it away or submit with another output name",
+                        there.display(),
+                        store.base(),
+                        found.job_id,
+                        found.source_path.display()
+                    ))),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
     /// Do one step of a split title.
     pub(super) async fn step(&self, s: StepJob<'_>) -> Result<Outcome, Failure> {
-        if s.remote {
-            return Err(Failure::SourceUnavailable(format!(
-                "{} cannot be read here: the steps of a split title need workers that share the source and the output directory (docs/split.md)",
-                s.job.source.path.display()
-            )));
-        }
-        let path = self.output_dir.join(&s.piece.output);
+        let cancel = &s.incoming.cancel;
+        let place = self.place(s.piece.whole, s.scratch)?;
         // The output stands for the job that was submitted, as an unsplit one's does.
         let template = Sidecar {
             job_id: s.piece.whole.to_string(),
             ..self.sidecar_for(s.job, s.title, s.preset, &s.piece.output, s.source_size)
         };
-        let dir = split::dir(&self.output_dir, s.piece.whole);
-        if let Existing::Done(found) = output::existing(&path, &template)? {
-            info!(output = %path.display(), step = s.piece.step.as_str(), "the split title is already in place; nothing to do");
-            remove_split_dir(&dir);
-            return Ok(self.step_done(
-                &s,
-                vec![output_event(&path, &found, true)],
-                true,
-                0,
-                Vec::new(),
-                None,
-            ));
+        if let Some(found) = self.in_library(&place, &s.piece.output, &template).await? {
+            info!(output = %found.path.display(), step = s.piece.step.as_str(), "the split title is already in place; nothing to do");
+            place.remove(cancel).await;
+            return Ok(self.step_done(&s, vec![found], true, 0, Vec::new(), None));
         }
+        let dir = place.work_dir();
         std::fs::create_dir_all(&dir).map_err(|e| output::io_failure(&dir, &e))?;
         let (file, extra, tracks) = match s.piece.step {
-            Step::Join => return self.join(&s, &path, template, &dir).await,
+            Step::Join => return self.join(&s, &place, template).await,
             Step::Video { index } => (
                 split::piece_path(&dir, index),
                 split::piece_args(s.piece.ranges[index as usize]),
@@ -276,14 +435,20 @@ impl Transcoder {
                 tracks_for(&self.tracks, s.title),
             ),
         };
-        let (record, skipped) = match Record::read(&file).filter(|_| file.exists()) {
+        let name = file_name(&file);
+        let (record, skipped) = match place.records(cancel).await?.remove(&name) {
             Some(record) => {
-                info!(file = %file.display(), "this step is already done");
+                info!(file = %name, made_by = %record.host, "this step is already done");
                 (record, true)
             }
-            None => (self.make_step(&s, &file, &extra, &tracks).await?, false),
+            None => {
+                let made = self.make_step(&s, &file, &extra, &tracks).await?;
+                (place.keep(&file, made, cancel).await?, false)
+            }
         };
-        self.publish_join_if_ready(&s, &dir).await?;
+        // Read again: other steps may have finished while this one ran.
+        let records = place.records(cancel).await?;
+        self.publish_join_if_ready(&s, &records).await?;
         Ok(self.step_done(&s, Vec::new(), skipped, record.frames, Vec::new(), None))
     }
 
@@ -393,22 +558,34 @@ impl Transcoder {
                 }
             }
         }
+        let size = std::fs::metadata(temp)
+            .map_err(|e| output::io_failure(temp, &e))?
+            .len();
+        let sha256 = sha256_of(temp)
+            .await
+            .map_err(|e| output::io_failure(temp, &e))?;
         Ok(Record {
             job: s.job.id,
             host: self.host.clone(),
             frames: video.frames(),
             video_secs: video.duration(),
+            size,
+            sha256,
         })
     }
 
     /// When every piece and the tracks pass are done, publish the join (its id is fixed, so two
     /// last steps finishing at once publish the same job twice, and the second join finds the output
     /// in place).
-    async fn publish_join_if_ready(&self, s: &StepJob<'_>, dir: &Path) -> Result<(), Failure> {
-        let pieces = (0..s.piece.ranges.len() as u32).map(|i| split::piece_path(dir, i));
-        let ready = pieces
-            .chain([split::tracks_path(dir)])
-            .all(|f| f.exists() && Record::read(&f).is_some());
+    async fn publish_join_if_ready(
+        &self,
+        s: &StepJob<'_>,
+        records: &BTreeMap<String, Record>,
+    ) -> Result<(), Failure> {
+        let ready = (0..s.piece.ranges.len() as u32)
+            .map(rafty_core::split::piece_name)
+            .chain([rafty_core::split::TRACKS_NAME.to_owned()])
+            .all(|name| records.contains_key(&name));
         if !ready {
             return Ok(());
         }
@@ -432,36 +609,48 @@ impl Transcoder {
     async fn join(
         &self,
         s: &StepJob<'_>,
-        path: &Path,
+        place: &Place<'_>,
         template: Sidecar,
-        dir: &Path,
     ) -> Result<Outcome, Failure> {
-        let mut pieces = Vec::new();
-        let mut files = Vec::new();
+        let cancel = &s.incoming.cancel;
+        let mut records = place.records(cancel).await?;
+        let where_ = match place {
+            Place::Shared { dir } => dir.display().to_string(),
+            Place::Store { store, .. } => format!("store {}", store.base()),
+        };
+        let missing = |what: String| {
+            Failure::SourceUnavailable(format!(
+                "{what} of split job {} is not in {where_}; its job may still be running",
+                s.piece.whole
+            ))
+        };
+        let mut needed = BTreeMap::new();
         for (i, range) in s.piece.ranges.iter().enumerate() {
-            let file = split::piece_path(dir, i as u32);
-            match Record::read(&file).filter(|_| file.exists()) {
-                Some(r) => pieces.push(r),
-                None => {
-                    return Err(Failure::SourceUnavailable(format!(
-                        "piece {i} (chapters {range}) of split job {} is not in {}; its job may still be running",
-                        s.piece.whole,
-                        dir.display()
-                    )));
-                }
-            }
-            files.push(file);
+            let name = rafty_core::split::piece_name(i as u32);
+            let record = records
+                .remove(&name)
+                .ok_or_else(|| missing(format!("piece {i} (chapters {range})")))?;
+            needed.insert(name, record);
         }
-        let tracks_file = split::tracks_path(dir);
-        let tracks = Record::read(&tracks_file)
-            .filter(|_| tracks_file.exists())
-            .ok_or_else(|| {
-                Failure::SourceUnavailable(format!(
-                    "the tracks pass of split job {} is not in {}; its job may still be running",
-                    s.piece.whole,
-                    dir.display()
-                ))
-            })?;
+        let tracks_name = rafty_core::split::TRACKS_NAME.to_owned();
+        let tracks = records
+            .remove(&tracks_name)
+            .ok_or_else(|| missing("the tracks pass".to_owned()))?;
+        needed.insert(tracks_name, tracks.clone());
+        place.bring(&needed, cancel).await?;
+        let dir = place.work_dir();
+        let pieces: Vec<Record> = (0..s.piece.ranges.len() as u32)
+            .map(|i| needed[&rafty_core::split::piece_name(i)].clone())
+            .collect();
+        let files: Vec<PathBuf> = (0..s.piece.ranges.len() as u32)
+            .map(|i| split::piece_path(&dir, i))
+            .collect();
+        let tracks_file = split::tracks_path(&dir);
+        let path = match place {
+            Place::Shared { .. } => self.output_dir.join(&s.piece.output),
+            Place::Store { scratch, .. } => scratch.join("out").join(&s.piece.output),
+        };
+        let path = path.as_path();
         set_activity(&self.activity, |a| {
             if let Some(a) = a {
                 a.stage = Some("join".to_owned());
@@ -503,7 +692,7 @@ impl Transcoder {
         }
         let done = match &fallback {
             None => self
-                .put_in_place(&temp, path, template, duration, &s.incoming.cancel)
+                .put_in_place(&temp, path, template, duration, cancel)
                 .await
                 .inspect_err(|_| {
                     let _ = std::fs::remove_file(&temp);
@@ -529,27 +718,27 @@ impl Transcoder {
                     s.preset,
                     s.events,
                     template,
-                    self.container,
-                    &s.incoming.cancel,
+                    rafty_core::config::Container::Mkv,
+                    cancel,
                 )
                 .await?
             }
         };
-        remove_split_dir(dir);
-        info!(output = %path.display(), pieces = pieces.len(), fallback = fallback.is_some(), "split title in place");
+        let event = match place {
+            Place::Shared { .. } => output_event(path, &done, false),
+            Place::Store { store, .. } => {
+                self.send_back(s.job, store, &s.piece.output, path, done, s.events, cancel)
+                    .await?
+            }
+        };
+        place.remove(cancel).await;
+        info!(output = %event.path.display(), pieces = pieces.len(), fallback = fallback.is_some(), "split title in place");
         if let Some(part) = &s.job.part {
-            self.announce_disc_if_complete(s.job, part, false, s.events)
+            self.announce_disc_if_complete(s.job, part, s.scratch.is_some(), s.events)
                 .await?;
         }
         let frames = pieces.iter().map(|p| p.frames).sum();
-        Ok(self.step_done(
-            s,
-            vec![output_event(path, &done, false)],
-            false,
-            frames,
-            checks,
-            fallback,
-        ))
+        Ok(self.step_done(s, vec![event], false, frames, checks, fallback))
     }
 
     fn step_done(
