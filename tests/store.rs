@@ -30,14 +30,16 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rafty_core::names::{DEAD_QUEUE, HEADER_ERROR, JOB_TYPE, RETRY_QUEUE_PREFIX, WORK_QUEUE};
-use rafty_testkit::{Amqp, Env, EventTap, Worker, bin, fixture_iso, job_properties, wait_for};
+use rafty_testkit::{
+    Amqp, Env, EventTap, Worker, bin, fixture_iso, fixture_iso_chapters, job_properties, wait_for,
+};
 use serde_json::Value;
 
 use net::Net;
 
 /// Every host of the binary's network: the broker, the NAS, and the worker hosts (one or two per
 /// test, so a cut or a slow link of one test touches no other).
-const HOSTS: [&str; 15] = [
+const HOSTS: [&str; 17] = [
     "broker",
     "nas",
     "w-laptop",
@@ -53,6 +55,8 @@ const HOSTS: [&str; 15] = [
     "w-term",
     "w-short",
     "w-restart",
+    "w-split1",
+    "w-split2",
 ];
 
 /// A chunk of the store's image responses (server.rs `CHUNK`).
@@ -217,10 +221,16 @@ impl Nas {
 
     /// `raftyctl submit` on the NAS host (its config names the store): the job id.
     fn submit(&self, iso: &Path) -> String {
+        self.submit_with(iso, &[])
+    }
+
+    /// [`Self::submit`] with more arguments.
+    fn submit_with(&self, iso: &Path, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", net().ns("nas")])
             .arg(bin("raftyctl"))
             .arg("submit")
+            .args(args)
             .arg(iso)
             .env("RAFTY_CONFIG", &self.config)
             .env_remove("RAFTY_AMQP_URL")
@@ -1340,4 +1350,82 @@ fn a_store_restarted_mid_upload_gets_the_output_offered_again_and_lands_it_once(
     assert!(laptop.scratch_files(&worker).is_empty());
     no_dead_letter(&amqp);
     drop(old);
+}
+
+#[test]
+fn a_title_split_by_chapters_travels_through_the_store_between_two_laptops() {
+    let mut nas = Nas::new("store-split");
+    nas.start_store();
+    // Four chapters of 15 s; neither laptop sees the NAS's image, its library or the other laptop.
+    let iso = nas.env.add_iso(
+        &fixture_iso_chapters("SPLITSTORE", &["60@0,15,30,45"]),
+        "Split Disc.iso",
+    );
+    let (one, two) = (
+        Laptop::new(&nas, "w-split1", None),
+        Laptop::new(&nas, "w-split2", None),
+    );
+    let amqp = nas.env.amqp();
+    let tap = amqp.tap();
+    let workers = [one.start(&nas), two.start(&nas)];
+
+    let id = nas.submit_with(&iso, &["--split", "chapters"]);
+    let split = amqp.wait_event(&tap, "split", Duration::from_secs(90), |v| v["id"] == id);
+    let chapters = split["chapters"].as_array().expect("chapters").clone();
+    assert_eq!(chapters.len(), 2, "two pieces for two laptops: {split}");
+    let join = amqp.wait_event(&tap, "done", Duration::from_secs(300), |v| {
+        v["split"]["whole"] == id && v["split"]["step"] == "join"
+    });
+    assert!(join["split"]["fallback"].is_null(), "{join}");
+    let checks = join["split"]["checks"].as_array().expect("checks");
+    assert!(checks.len() >= 5, "{join}");
+    for c in checks {
+        assert_eq!(c["passed"], true, "join check {c}");
+    }
+
+    // Every piece and the tracks pass were made on a laptop and sent to the store.
+    let mut hosts = Vec::new();
+    let mut frames = 0;
+    for step in split["jobs"].as_array().expect("jobs") {
+        let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == *step);
+        assert_eq!(done["skipped"], false, "{done}");
+        if done["split"]["step"] != "tracks" {
+            frames += done["split"]["frames"].as_u64().expect("frames");
+        }
+        hosts.push(done["host"].as_str().unwrap().to_owned());
+    }
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["w-split1", "w-split2"], "both laptops took steps");
+    assert_eq!(join["split"]["frames"], frames, "{join}");
+    let log = nas.store().log();
+    let stored = log.matches("step file verified and in place").count();
+    assert_eq!(stored, 3, "two pieces and the tracks pass reached the store: {log}");
+    assert!(
+        log.matches("step file served").count() >= 3,
+        "the join fetched the steps from the store: {log}"
+    );
+    assert!(log.contains("split steps removed"), "{log}");
+
+    // One video and its sidecar in the library (no .rafty-split left), made by the laptops.
+    let (video, sidecar) = nas.single_output(&id);
+    assert_eq!(sidecar["host"], join["host"], "{sidecar}");
+    assert_eq!(
+        join["outputs"][0]["path"],
+        nas.env.media_dir.join(&video).display().to_string(),
+        "{join}"
+    );
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_packets", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(nas.env.media_dir.join(&video))
+        .output()
+        .expect("run ffprobe");
+    let joined: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap();
+    assert_eq!(joined, frames, "the library's video has every piece's frames");
+    for (laptop, worker) in [(&one, &workers[0]), (&two, &workers[1])] {
+        let left = laptop.scratch_files(worker);
+        assert!(left.is_empty(), "{} left scratch: {left:?}", laptop.host);
+    }
+    no_dead_letter(&amqp);
 }
