@@ -39,7 +39,7 @@ use net::Net;
 
 /// Every host of the binary's network: the broker, the NAS, and the worker hosts (one or two per
 /// test, so a cut or a slow link of one test touches no other).
-const HOSTS: [&str; 17] = [
+const HOSTS: [&str; 18] = [
     "broker",
     "nas",
     "w-laptop",
@@ -57,6 +57,7 @@ const HOSTS: [&str; 17] = [
     "w-restart",
     "w-split1",
     "w-split2",
+    "w-mixed",
 ];
 
 /// A chunk of the store's image responses (server.rs `CHUNK`).
@@ -1352,28 +1353,26 @@ fn a_store_restarted_mid_upload_gets_the_output_offered_again_and_lands_it_once(
     drop(old);
 }
 
-#[test]
-fn a_title_split_by_chapters_travels_through_the_store_between_two_laptops() {
-    let mut nas = Nas::new("store-split");
-    nas.start_store();
-    // Four chapters of 15 s; neither laptop sees the NAS's image, its library or the other laptop.
-    let iso = nas.env.add_iso(
-        &fixture_iso_chapters("SPLITSTORE", &["60@0,15,30,45"]),
-        "Split Disc.iso",
-    );
-    let (one, two) = (
-        Laptop::new(&nas, "w-split1", None),
-        Laptop::new(&nas, "w-split2", None),
-    );
-    let amqp = nas.env.amqp();
-    let tap = amqp.tap();
-    let workers = [one.start(&nas), two.start(&nas)];
+/// What a split title's run through the fleet showed: the join's done event, the hosts that made
+/// steps, the pieces' frames, and how many steps each host made.
+struct SplitRun {
+    join: Value,
+    hosts: Vec<String>,
+    frames: u64,
+    steps: usize,
+}
 
-    let id = nas.submit_with(&iso, &["--split", "chapters"]);
-    let split = amqp.wait_event(&tap, "split", Duration::from_secs(90), |v| v["id"] == id);
+/// Submit `iso` split by chapters on the NAS and follow it to its join, asserting every check passed
+/// and the library's video has every piece's frames.
+fn split_run(nas: &Nas, amqp: &Amqp, tap: &EventTap, iso: &Path) -> SplitRun {
+    let id = nas.submit_with(
+        iso,
+        &["--split", "chapters", "--preset", "Very Fast 480p30"],
+    );
+    let split = amqp.wait_event(tap, "split", Duration::from_secs(90), |v| v["id"] == id);
     let chapters = split["chapters"].as_array().expect("chapters").clone();
-    assert_eq!(chapters.len(), 2, "two pieces for two laptops: {split}");
-    let join = amqp.wait_event(&tap, "done", Duration::from_secs(300), |v| {
+    assert_eq!(chapters.len(), 2, "two pieces for two workers: {split}");
+    let join = amqp.wait_event(tap, "done", Duration::from_secs(300), |v| {
         v["split"]["whole"] == id && v["split"]["step"] == "join"
     });
     assert!(join["split"]["fallback"].is_null(), "{join}");
@@ -1382,32 +1381,18 @@ fn a_title_split_by_chapters_travels_through_the_store_between_two_laptops() {
     for c in checks {
         assert_eq!(c["passed"], true, "join check {c}");
     }
-
-    // Every piece and the tracks pass were made on a laptop and sent to the store.
     let mut hosts = Vec::new();
     let mut frames = 0;
-    for step in split["jobs"].as_array().expect("jobs") {
-        let done = amqp.wait_event(&tap, "done", Duration::from_secs(10), |v| v["id"] == *step);
+    let steps = split["jobs"].as_array().expect("jobs");
+    for step in steps {
+        let done = amqp.wait_event(tap, "done", Duration::from_secs(10), |v| v["id"] == *step);
         assert_eq!(done["skipped"], false, "{done}");
         if done["split"]["step"] != "tracks" {
             frames += done["split"]["frames"].as_u64().expect("frames");
         }
         hosts.push(done["host"].as_str().unwrap().to_owned());
     }
-    hosts.sort();
-    hosts.dedup();
-    assert_eq!(hosts, ["w-split1", "w-split2"], "both laptops took steps");
     assert_eq!(join["split"]["frames"], frames, "{join}");
-    let log = nas.store().log();
-    let stored = log.matches("step file verified and in place").count();
-    assert_eq!(stored, 3, "two pieces and the tracks pass reached the store: {log}");
-    assert!(
-        log.matches("step file served").count() >= 3,
-        "the join fetched the steps from the store: {log}"
-    );
-    assert!(log.contains("split steps removed"), "{log}");
-
-    // One video and its sidecar in the library (no .rafty-split left), made by the laptops.
     let (video, sidecar) = nas.single_output(&id);
     assert_eq!(sidecar["host"], join["host"], "{sidecar}");
     assert_eq!(
@@ -1421,11 +1406,109 @@ fn a_title_split_by_chapters_travels_through_the_store_between_two_laptops() {
         .arg(nas.env.media_dir.join(&video))
         .output()
         .expect("run ffprobe");
-    let joined: u64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap();
-    assert_eq!(joined, frames, "the library's video has every piece's frames");
+    let joined: u64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        joined, frames,
+        "the library's video has every piece's frames"
+    );
+    eprintln!(
+        "split {id}: steps by {hosts:?}, joined by {}, {frames} frames, {} checks passed",
+        join["host"],
+        checks.len()
+    );
+    SplitRun {
+        steps: steps.len(),
+        join,
+        hosts,
+        frames,
+    }
+}
+
+/// The test image of the split tests: one 60 s title of four 15 s chapters.
+fn chaptered_iso(nas: &Nas) -> PathBuf {
+    nas.env.add_iso(
+        &fixture_iso_chapters("SPLITSTORE", &["60@0,15,30,45"]),
+        "Split Disc.iso",
+    )
+}
+
+#[test]
+fn a_title_split_by_chapters_travels_through_the_store_between_two_laptops() {
+    let mut nas = Nas::new("store-split");
+    nas.start_store();
+    // Neither laptop sees the NAS's image, its library or the other laptop.
+    let iso = chaptered_iso(&nas);
+    let (one, two) = (
+        Laptop::new(&nas, "w-split1", None),
+        Laptop::new(&nas, "w-split2", None),
+    );
+    let amqp = nas.env.amqp();
+    let tap = amqp.tap();
+    let workers = [one.start(&nas), two.start(&nas)];
+
+    let run = split_run(&nas, &amqp, &tap, &iso);
+    let mut hosts = run.hosts.clone();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["w-split1", "w-split2"], "both laptops took steps");
+    assert!(run.frames > 0);
+    let log = nas.store().log();
+    let stored = log.matches("step file verified and in place").count();
+    assert_eq!(
+        stored, run.steps,
+        "every piece and the tracks pass reached the store: {log}"
+    );
+    assert!(
+        log.matches("step file served").count() >= run.steps,
+        "the join fetched the steps from the store: {log}"
+    );
+    assert!(log.contains("split steps removed"), "{log}");
     for (laptop, worker) in [(&one, &workers[0]), (&two, &workers[1])] {
         let left = laptop.scratch_files(worker);
         assert!(left.is_empty(), "{} left scratch: {left:?}", laptop.host);
     }
+    no_dead_letter(&amqp);
+}
+
+#[test]
+fn a_worker_with_the_storage_and_a_laptop_without_share_one_split_title() {
+    let mut nas = Nas::new("store-mixed");
+    nas.start_store();
+    let iso = chaptered_iso(&nas);
+    let laptop = Laptop::new(&nas, "w-mixed", None);
+    let amqp = nas.env.amqp();
+    let tap = amqp.tap();
+    // A worker on the NAS itself: it reads the image and writes the library directly.
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", net().ns("nas")])
+        .arg(bin("transcoded"));
+    let mut local = nas.env.worker_with(cmd, &nas.config, &[]);
+    local.wait_log("connected; waiting for jobs", Duration::from_secs(30));
+    let remote = laptop.start(&nas);
+
+    let run = split_run(&nas, &amqp, &tap, &iso);
+    let mut hosts = run.hosts.clone();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts, ["nas", "w-mixed"], "both workers took steps");
+    // The laptop's steps went through the store; the NAS worker's were written in place, and the
+    // join (on either) found them all.
+    let by_laptop = run.hosts.iter().filter(|h| *h == "w-mixed").count();
+    let log = nas.store().log();
+    assert_eq!(
+        log.matches("step file verified and in place").count(),
+        by_laptop,
+        "{log}"
+    );
+    if run.join["host"] == "w-mixed" {
+        assert!(
+            log.matches("step file served").count() >= run.steps,
+            "{log}"
+        );
+    }
+    assert!(laptop.scratch_files(&remote).is_empty());
     no_dead_letter(&amqp);
 }
