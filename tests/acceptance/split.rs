@@ -815,3 +815,72 @@ fn uneven_chapters_are_grouped_by_duration() {
     );
     drop(crew);
 }
+
+#[test]
+fn a_piece_damaged_after_its_check_makes_the_join_encode_the_title_whole() {
+    let env = env("split-fallback");
+    let iso = env.add_iso(
+        &fixture_iso_chapters("SPLIT_UNEVEN", &["150@0,5,10,120"]),
+        "Damaged Film.iso",
+    );
+    let amqp = env.amqp();
+    let tap = amqp.tap();
+    let crew = crew(&env, &amqp, &["fallback-a", "fallback-b"]);
+    let id = env.submit(&iso, &["--split", "chapters", "--name", "Damaged Film"]);
+    let split = wait_split(&amqp, &tap, &id);
+    assert_eq!(
+        split["chapters"].as_array().map(Vec::len),
+        Some(2),
+        "{split}"
+    );
+    // Piece 2 (chapter 4, 30 s) is done long before piece 1 (120 s). Once its worker has checked
+    // and recorded it, cut it in half, as a disk that lost its end would: no worker can be made to
+    // write a bad piece past its own check, and the join must not trust the record alone.
+    let dir = env.media_dir.join(".rafty-split").join(&id);
+    let piece = dir.join("piece-01.mkv");
+    let record = dir.join("piece-01.mkv.json");
+    wait_for("piece 2 recorded", JOB_TIMEOUT, || {
+        record.exists().then_some(())
+    });
+    let len = std::fs::metadata(&piece).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&piece)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let first = Piece::job_id(Uuid::parse_str(&id).unwrap(), Step::Video { index: 0 });
+    let events_before = amqp.drain_events(&tap);
+    assert!(
+        dones(&events_before, &first.to_string()).is_empty(),
+        "piece 1 must still be running when piece 2 is damaged"
+    );
+
+    let join = wait_join(&amqp, &tap, &id);
+    let why = join["split"]["fallback"].as_str().unwrap_or_default();
+    println!("fallback: {why}");
+    assert!(!why.is_empty(), "the join must fall back: {join:#}");
+    let out = env.media_dir.join("Damaged Film.mkv");
+    assert_eq!(join["outputs"][0]["path"], out.to_str().unwrap(), "{join}");
+    assert_eq!(sidecar(&out)["job-id"], id.as_str());
+    assert_split_dir_gone(&env, &id);
+    let events = amqp.drain_events(&tap);
+    let (_, tracks) = step_ids(&id, 2);
+    let whole_frames = tracks_frames(&events, &tracks);
+    assert_eq!(
+        frames(&out),
+        whole_frames,
+        "the whole-title encode has every frame of the title"
+    );
+    assert_eq!(
+        media_outputs(&env),
+        vec!["Damaged Film.mkv", "Damaged Film.mkv.rafty.json"],
+        "one output, no partial join left"
+    );
+    let (ok, said) = decode(&out);
+    assert!(
+        ok && said.trim().is_empty(),
+        "ffmpeg decoding the output: {said}"
+    );
+    drop(crew);
+}

@@ -20,6 +20,9 @@
 //!   the tracks pass's and the join's `elapsed-secs`; the `split` event → the last piece or tracks
 //!   pass done (as the bench saw the events arrive).
 //!
+//! - Presets (full mode): one whole run and one split run, pinned, for each of `Params::presets` on
+//!   a shorter title; the fixed costs of a split do not grow with the preset's, so the gain does.
+//!
 //! The runs of one repetition take turns (whole pinned, split pinned, whole unpinned, split
 //! unpinned), so that other work on the machine weighs on every side alike.
 
@@ -47,6 +50,12 @@ pub struct Params {
     pub noise: u32,
     /// Repetitions (the figures are medians).
     pub reps: usize,
+    /// Other presets, each measured once, pinned, on a shorter title (`preset_title`): the fixed
+    /// costs of a split (the tracks pass, the pieces' decode checks) do not grow with the preset's
+    /// cost, so the gain does. Empty in quick mode.
+    pub presets: Vec<&'static str>,
+    /// The title of the preset runs: (seconds, chapters).
+    pub preset_title: (u32, u32),
 }
 
 impl Params {
@@ -58,6 +67,8 @@ impl Params {
                 chapters: 4,
                 noise: 12,
                 reps: 1,
+                presets: Vec::new(),
+                preset_title: (40, 4),
             }
         } else {
             Params {
@@ -65,6 +76,9 @@ impl Params {
                 chapters: 8,
                 noise: 12,
                 reps: 3,
+                // The config's default preset, and a quality preset for DVDs.
+                presets: vec!["Fast 1080p30", "HQ 480p30 Surround"],
+                preset_title: (120, 4),
             }
         }
     }
@@ -228,7 +242,7 @@ pub fn bench(broker: &Broker, p: &Params) -> anyhow::Result<Vec<String>> {
     let mut runs: Vec<Vec<Run>> = order.iter().map(|_| Vec::new()).collect();
     for rep in 0..p.reps {
         for (i, &fleet) in order.iter().enumerate() {
-            let run = one_run(broker, &fixture, fleet)?;
+            let run = one_run(broker, &fixture, fleet, None)?;
             eprintln!(
                 "rafty-bench: split {}/{}: {}: {:.2} s, CPU {:.1} s, {} frames{}",
                 rep + 1,
@@ -242,7 +256,52 @@ pub fn bench(broker: &Broker, p: &Params) -> anyhow::Result<Vec<String>> {
             runs[i].push(run);
         }
     }
-    Ok(rows(p, &order, &runs))
+    let mut rows = rows(p, &order, &runs);
+    rows.extend(preset_rows(broker, p)?);
+    Ok(rows)
+}
+
+/// One whole run on core 0 and one split run on cores 0 and 1 for each of `p.presets`.
+fn preset_rows(broker: &Broker, p: &Params) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    if p.presets.is_empty() {
+        return Ok(rows);
+    }
+    let (title_secs, chapters) = p.preset_title;
+    let short = Params {
+        title_secs,
+        chapters,
+        presets: Vec::new(),
+        ..*p
+    };
+    let fixture = split_iso(&short)?;
+    for preset in &p.presets {
+        let whole = one_run(broker, &fixture, Fleet::OnePinned, Some(preset))?;
+        let split = one_run(broker, &fixture, Fleet::TwoPinned, Some(preset))?;
+        let stages = split.split.as_ref().map(show_stages).unwrap_or_default();
+        eprintln!(
+            "rafty-bench: split, preset {preset:?}: whole {:.2} s ({} frames), split {:.2} s ({} frames){stages}",
+            whole.total, whole.frames, split.total, split.frames
+        );
+        let s = split.split.as_ref().expect("a split run");
+        let clean = s.fallback.is_none() && s.checks.iter().all(|c| c.passed);
+        let ratio = whole.total / split.total;
+        let pieces: Vec<String> = s
+            .pieces
+            .iter()
+            .map(|d| format!("{:.1}", d.elapsed))
+            .collect();
+        rows.push(format!(
+            "| split, preset \"{preset}\": {title_secs} s title, {chapters} chapters, 2 workers on cores 0 and 1, one run (s; pieces {}, tracks pass {:.1}, join {:.1}) | {:.2} | 1 worker on core 0, whole title {:.2} | {ratio:.2}× sooner | ≥ 1.80×, frames equal, checks pass | {} |",
+            pieces.join(" and "),
+            s.tracks.elapsed,
+            s.join.elapsed,
+            split.total,
+            whole.total,
+            verdict(ratio >= 1.8 && clean && split.frames == whole.frames)
+        ));
+    }
+    Ok(rows)
 }
 
 fn show_stages(s: &SplitRun) -> String {
@@ -275,7 +334,12 @@ fn show_stages(s: &SplitRun) -> String {
 }
 
 /// One job through a fresh fleet in a fresh world.
-fn one_run(broker: &Broker, fixture: &Path, fleet: Fleet) -> anyhow::Result<Run> {
+fn one_run(
+    broker: &Broker,
+    fixture: &Path,
+    fleet: Fleet,
+    preset: Option<&str>,
+) -> anyhow::Result<Run> {
     let env = Env::new(broker, "bench-split");
     let iso = env.iso_dir.join("film.iso");
     if std::fs::hard_link(fixture, &iso).is_err() {
@@ -325,6 +389,7 @@ fn one_run(broker: &Broker, fixture: &Path, fleet: Fleet) -> anyhow::Result<Run>
     if fleet.split() {
         job.encode.split = Some(Split::Chapters);
     }
+    job.encode.preset = preset.map(str::to_owned);
     let whole = job.id;
     let body = serde_json::to_vec(&job)?;
     let props = rafty_testkit::job_properties(&whole.to_string(), JOB_TYPE);

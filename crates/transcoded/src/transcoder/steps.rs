@@ -111,11 +111,12 @@ impl Place<'_> {
     }
 
     /// Have each finished step's file in [`Self::work_dir`] (fetched and checked from the store).
+    /// `Ok(Err(why))`: a step in the store is not the bytes its record names (the join falls back).
     async fn bring(
         &self,
         records: &BTreeMap<String, Record>,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> Result<(), Failure> {
+    ) -> Result<Result<(), String>, Failure> {
         let Place::Store {
             worker,
             store,
@@ -123,19 +124,25 @@ impl Place<'_> {
             ..
         } = self
         else {
-            return Ok(());
+            return Ok(Ok(()));
         };
         let dir = self.work_dir();
         std::fs::create_dir_all(&dir).map_err(|e| output::io_failure(&dir, &e))?;
         for (name, record) in records {
             let dest = dir.join(name);
-            store
+            match store
                 .fetch_step(*whole, name, &dest, &record.sha256, cancel)
                 .await
-                .map_err(|e| worker.store_failed(e))?;
+            {
+                Ok(_) => {}
+                Err(e @ rafty_store::StoreError::Digest { .. }) => {
+                    return Ok(Err(format!("step {name}: {e}")));
+                }
+                Err(e) => return Err(worker.store_failed(e)),
+            }
         }
         info!(whole = %whole, steps = records.len(), "the steps are fetched from the store");
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Remove the steps, and `.rafty-split` with them when no other split is under way.
@@ -637,7 +644,7 @@ impl Transcoder {
             .remove(&tracks_name)
             .ok_or_else(|| missing("the tracks pass".to_owned()))?;
         needed.insert(tracks_name, tracks.clone());
-        place.bring(&needed, cancel).await?;
+        let brought = place.bring(&needed, cancel).await?;
         let dir = place.work_dir();
         let pieces: Vec<Record> = (0..s.piece.ranges.len() as u32)
             .map(|i| needed[&rafty_core::split::piece_name(i)].clone())
@@ -659,6 +666,13 @@ impl Transcoder {
         let temp = output::temp_path(path, &s.job.id.to_string(), &self.host);
         output::prepare(path.parent().expect("output has a directory"), &temp)?;
         let joined = async {
+            if let Err(why) = brought {
+                return Err(ToolError::Failed {
+                    tool: "rafty-store",
+                    path: dir.clone(),
+                    message: why,
+                });
+            }
             split::merge(&files, &tracks_file, &temp).await?;
             let marks = split::chapters(&tracks_file).await?;
             let expected = Expected {
