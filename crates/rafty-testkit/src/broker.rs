@@ -91,7 +91,7 @@ impl Broker {
         BrokerBuilder::default()
     }
 
-    fn start_with(mut shape: BrokerBuilder) -> Broker {
+    fn start_with(shape: BrokerBuilder) -> Broker {
         require_tools(&["ffmpeg"]);
         assert!(
             Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists(),
@@ -105,12 +105,45 @@ impl Broker {
         let seed = (std::process::id() as u16)
             .wrapping_mul(7)
             .wrapping_add(nth.wrapping_mul(1009));
-        let port = (0..2000u16)
+        let mut candidates = (0..2000u16)
             .map(|i| 20000 + seed.wrapping_add(i * 13) % 9000)
-            .find(|&p| {
+            .filter(|&p| {
                 port_free(p) && port_free(p + 1) && port_free(p + 10000) && port_free(p + 11000)
-            })
-            .expect("a free port for the broker");
+            });
+        // The distribution and epmd ports lie in the kernel's ephemeral range: a client socket of
+        // another test can take one between the check above and the node's bind. Such a node dies
+        // at once saying so; it is started again on other ports.
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let port = candidates.next().expect("a free port for the broker");
+            let broker = Broker::at(port, &shape);
+            match broker.try_boot(&broker.shape) {
+                Ok(()) => {
+                    broker.reap_on_exit();
+                    return broker;
+                }
+                Err(e)
+                    if attempt < TRIES
+                        && (e.contains("already_used") || e.contains("eaddrinuse")) =>
+                {
+                    eprintln!(
+                        "rafty-testkit: a port of node {port} was taken as it started; another"
+                    );
+                    let _ = Command::new(script("rafty-broker"))
+                        .arg("stop")
+                        .arg(&broker.dir)
+                        .output();
+                    let _ = std::fs::remove_dir_all(&broker.dir);
+                }
+                Err(e) => panic!("the test broker did not start: {e}"),
+            }
+        }
+        unreachable!("the last try panics")
+    }
+
+    /// The node on AMQP port `port` with `shape`, not started.
+    fn at(port: u16, shape: &BrokerBuilder) -> Broker {
+        let mut shape = shape.clone();
         if let Some([ca, cert, key]) = &shape.tls {
             let address = shape.address.as_deref().unwrap_or("127.0.0.1");
             let lines = [
@@ -126,19 +159,23 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("rafty-test-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let broker = Broker {
+        Broker {
             dir,
             port,
             address: shape.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
             netns: shape.netns.clone(),
-            shape: shape.clone(),
-        };
-        broker.boot_with(&shape);
-        broker.reap_on_exit();
-        broker
+            shape,
+        }
     }
 
     fn boot_with(&self, shape: &BrokerBuilder) {
+        if let Err(e) = self.try_boot(shape) {
+            panic!("the test broker did not start: {e}");
+        }
+    }
+
+    /// Start the node; its complaint when it does not start.
+    fn try_boot(&self, shape: &BrokerBuilder) -> Result<(), String> {
         let mut cmd = Command::new(script("rafty-broker"));
         cmd.arg("start").arg(&self.dir).arg(self.port.to_string());
         cmd.env("RAFTY_BROKER_ADDRESS", &self.address);
@@ -151,11 +188,11 @@ impl Broker {
             None => cmd.env_remove("RAFTY_BROKER_NETNS"),
         };
         let out = cmd.output().expect("run scripts/rafty-broker");
-        assert!(
-            out.status.success(),
-            "the test broker did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Stop the node (its data stays; [`Broker::restart`] brings it back).
