@@ -694,3 +694,40 @@ fn the_unit_verifies_and_stays_locked_down() {
         });
     assert!(score < 2.0, "exposure {score}:\n{stdout}");
 }
+
+#[test]
+fn only_the_join_of_a_split_title_is_announced() {
+    let env = env("notify-split");
+    let http = Receiver::start();
+    let config = notify_config(&env, &format!("webhooks = [\"{}\"]\n", http.url("/hook")));
+    let mut notifier = start_notifier(&env, &config);
+    let amqp = env.amqp();
+    // A piece, the tracks pass, then the join, as the steps' workers publish their `done`s.
+    let step = |id: &str, step: &str, outputs: Value| {
+        let mut done = done_event();
+        done["id"] = json!(id);
+        done["outputs"] = outputs;
+        done["split"] = json!({"whole": JOB_ID, "step": step, "frames": 1800, "checks": []});
+        done
+    };
+    let join = step(
+        "9d9c37b5-6a53-5e0b-9f1e-0b0f8d7c6a11",
+        "join",
+        done_event()["outputs"].clone(),
+    );
+    for done in [
+        step("1f0e6f9a-3f2b-5a8e-8a7c-2e3f4a5b6c7d", "video", json!([])),
+        step("2a1b3c4d-5e6f-5a7b-8c9d-0e1f2a3b4c5d", "tracks", json!([])),
+        join.clone(),
+    ] {
+        publish(&amqp, "rafty.transcode", "rafty.transcode.done", &done);
+    }
+    let hooks = http.exactly("/hook", 1);
+    assert_eq!(
+        by_event(&hooks, "transcode.done")["body"],
+        join,
+        "the join's done, the title's, is the one announced"
+    );
+    stop(&mut notifier);
+    assert_eq!(amqp.counts(QUEUE).0, 0, "the steps' events are acked too");
+}
