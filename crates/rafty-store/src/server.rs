@@ -227,17 +227,8 @@ async fn image(State(inner): State<Shared>, request: Request) -> Response {
             return failure_response(&f);
         }
     };
-    let file = match tokio::fs::File::open(&real).await {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
-    };
-    let meta = match file.metadata().await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
-    };
     serve_file(
-        file,
-        &meta,
+        &real,
         path.display().to_string(),
         Served::Image,
         request.headers(),
@@ -252,17 +243,19 @@ enum Served {
     Step,
 }
 
-/// Answer a GET of `file` (shown as `shown`): whole, or the one range asked for when its ETag still
-/// holds (`If-Range`).
-async fn serve_file(
-    mut file: tokio::fs::File,
-    meta: &std::fs::Metadata,
-    shown: String,
-    kind: Served,
-    headers: &HeaderMap,
-) -> Response {
+/// Answer a GET of the file at `real` (shown as `shown`): whole, or the one range asked for when its
+/// ETag still holds (`If-Range`).
+async fn serve_file(real: &Path, shown: String, kind: Served, headers: &HeaderMap) -> Response {
+    let mut file = match tokio::fs::File::open(real).await {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("{shown}: {e}")),
+    };
+    let meta = match file.metadata().await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("{shown}: {e}")),
+    };
     let len = meta.len();
-    let tag = etag(meta);
+    let tag = etag(&meta);
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .map(|v| v.to_str().ok() == Some(tag.as_str()))

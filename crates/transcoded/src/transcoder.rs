@@ -682,14 +682,9 @@ impl Transcoder {
         duration_secs: f64,
         cancel: &CancellationToken,
     ) -> Result<Sidecar, Failure> {
-        let size = std::fs::metadata(temp)
-            .map_err(|e| output::io_failure(temp, &e))?
-            .len();
         // Recorded in the sidecar: the ledger of the copies (rafty-replicate, raftyctl audit)
         // starts from the hash of what was verified here, not of what is on disk later.
-        let sha256 = sha256_of(temp)
-            .await
-            .map_err(|e| output::io_failure(temp, &e))?;
+        let (size, sha256) = measure(temp).await?;
         let sidecar = Sidecar {
             output_size: size,
             output_sha256: Some(sha256),
@@ -851,6 +846,17 @@ impl Transcoder {
             Outcome::Failed(failure)
         })
     }
+}
+
+/// A verified file's size and SHA-256.
+async fn measure(path: &Path) -> Result<(u64, String), Failure> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| output::io_failure(path, &e))?
+        .len();
+    let sha256 = sha256_of(path)
+        .await
+        .map_err(|e| output::io_failure(path, &e))?;
+    Ok((size, sha256))
 }
 
 fn now() -> String {

@@ -30,22 +30,13 @@ impl StoreClient {
         whole: Uuid,
         cancel: &CancellationToken,
     ) -> Result<BTreeMap<String, Record>, StoreError> {
-        let url = format!("{}{}", self.base, split_url_path(whole, None));
-        let mut tries = 0;
-        loop {
-            match self.send_small(self.http.get(&url), cancel).await {
-                Ok(r) => {
-                    return r.json::<StepFiles>().await.map(|f| f.files).map_err(|e| {
-                        self.unavailable(format!("a step list that does not parse: {e}"))
-                    });
-                }
-                Err(StoreError::Unavailable { message, .. }) => {
-                    self.pause_after(&mut tries, Instant::now(), false, cancel, &message)
-                        .await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let r = self
+            .send_small(reqwest::Method::GET, split_url_path(whole, None), cancel)
+            .await?;
+        r.json::<StepFiles>()
+            .await
+            .map(|f| f.files)
+            .map_err(|e| self.unavailable(format!("a step list that does not parse: {e}")))
     }
 
     /// Remove the steps of split job `whole` (after its join).
@@ -54,18 +45,9 @@ impl StoreClient {
         whole: Uuid,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let url = format!("{}{}", self.base, split_url_path(whole, None));
-        let mut tries = 0;
-        loop {
-            match self.send_small(self.http.delete(&url), cancel).await {
-                Ok(_) => return Ok(()),
-                Err(StoreError::Unavailable { message, .. }) => {
-                    self.pause_after(&mut tries, Instant::now(), false, cancel, &message)
-                        .await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.send_small(reqwest::Method::DELETE, split_url_path(whole, None), cancel)
+            .await
+            .map(drop)
     }
 
     /// Fetch finished step `file` of split job `whole` to `dest`, checked against `sha256`
@@ -199,25 +181,38 @@ impl StoreClient {
         Ok(stored.record)
     }
 
-    /// Send a request with no body to speak of; a refusal is its error.
+    /// Send a request with no body to `path`, tried again a few times while the store does not
+    /// answer; a refusal is its error.
     async fn send_small(
         &self,
-        request: reqwest::RequestBuilder,
+        method: reqwest::Method,
+        path: String,
         cancel: &CancellationToken,
     ) -> Result<reqwest::Response, StoreError> {
-        let sent = tokio::select! {
-            r = tokio::time::timeout(self.stall, self.auth(request).send()) => r,
-            _ = cancel.cancelled() => return Err(StoreError::Cancelled),
-        };
-        let response = sent
-            .map_err(|_| self.unavailable("no answer"))?
-            .map_err(|e| self.unavailable(error_chain(&e)))?;
-        if response.status().is_success() {
-            return Ok(response);
+        let url = format!("{}{path}", self.base);
+        let mut tries = 0;
+        loop {
+            let request = self.auth(self.http.request(method.clone(), &url));
+            let sent = tokio::select! {
+                r = tokio::time::timeout(self.stall, request.send()) => r,
+                _ = cancel.cancelled() => return Err(StoreError::Cancelled),
+            };
+            let refused = match sent {
+                Err(_) => self.unavailable("no answer"),
+                Ok(Err(e)) => self.unavailable(error_chain(&e)),
+                Ok(Ok(r)) if r.status().is_success() => return Ok(r),
+                Ok(Ok(r)) => self
+                    .refusal(r)
+                    .await
+                    .unwrap_or_else(|| self.unavailable("server error")),
+            };
+            match refused {
+                StoreError::Unavailable { message, .. } => {
+                    self.pause_after(&mut tries, Instant::now(), false, cancel, &message)
+                        .await?
+                }
+                e => return Err(e),
+            }
         }
-        Err(self
-            .refusal(response)
-            .await
-            .unwrap_or_else(|| self.unavailable("server error")))
     }
 }

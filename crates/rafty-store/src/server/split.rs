@@ -75,22 +75,7 @@ pub(super) async fn fetch(
             format!("step {file} of split job {whole} is not finished"),
         );
     }
-    let opened = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
-    };
-    let meta = match opened.metadata().await {
-        Ok(m) => m,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
-    };
-    serve_file(
-        opened,
-        &meta,
-        path.display().to_string(),
-        Served::Step,
-        &headers,
-    )
-    .await
+    serve_file(&path, path.display().to_string(), Served::Step, &headers).await
 }
 
 /// `PUT /v1/split/<whole>/<file>` with its record in `x-rafty-record`: the step's file, in place

@@ -12,11 +12,10 @@ use rafty_core::{Failure, Job, TitleSelection};
 use rafty_handbrake::Title;
 use rafty_queue::{Incoming, Outcome, Publisher};
 use rafty_store::StoreClient;
-use rafty_store::client::sha256_of;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{Transcoder, now, output_event, set_activity, tracks_for};
+use super::{Transcoder, measure, now, output_event, set_activity, tracks_for};
 use crate::output::{self, Existing, Sidecar};
 use crate::split::{self, Expected, Record, ToolError, Video};
 
@@ -565,12 +564,7 @@ impl Transcoder {
                 }
             }
         }
-        let size = std::fs::metadata(temp)
-            .map_err(|e| output::io_failure(temp, &e))?
-            .len();
-        let sha256 = sha256_of(temp)
-            .await
-            .map_err(|e| output::io_failure(temp, &e))?;
+        let (size, sha256) = measure(temp).await?;
         Ok(Record {
             job: s.job.id,
             host: self.host.clone(),
